@@ -1,0 +1,134 @@
+"""The `whatsched` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+
+from whatsched.config import get_settings
+from whatsched.errors import ConfigError
+
+app = typer.Typer(
+    help="whatsched: schedule WhatsApp messages on Supabase.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def clear_errors(func: F) -> F:
+    """Bad configuration ends the command with one sentence, not a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            typer.secho(f"whatsched: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@clear_errors
+def dev() -> None:
+    """Run everything (database, API, worker, bridge) in the foreground."""
+    from whatsched import dev as dev_runner
+
+    raise typer.Exit(dev_runner.run(get_settings()))
+
+
+@app.command()
+@clear_errors
+def migrate(
+    status: bool = typer.Option(False, "--status", help="List migrations and whether each is applied."),
+    bootstrap_only: bool = typer.Option(
+        False, "--bootstrap-only", help="Only create Supabase's roles and schemas (plain PostgreSQL)."
+    ),
+) -> None:
+    """Bring the database to the latest migration (bootstrapping plain PostgreSQL first)."""
+    from whatsched.db import bootstrap
+    from whatsched.db import migrate as migrations
+    from whatsched.db.embedded import EmbeddedPostgres, port_is_free
+    from whatsched.db.setup import connect_admin, prepare
+
+    settings = get_settings()
+    embedded = None
+    if not settings.database_url and port_is_free("127.0.0.1", settings.embedded_pg_port):
+        embedded = EmbeddedPostgres(settings.data_dir / "postgres", settings.embedded_pg_port)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        embedded.start()
+    try:
+        if status:
+
+            async def show() -> None:
+                conn = await connect_admin(settings)
+                try:
+                    done = await migrations.applied_versions(conn)
+                finally:
+                    await conn.close()
+                for m in migrations.discover():
+                    mark = "applied" if m.version in done else "pending"
+                    typer.echo(f"{m.version}  {mark:<8} {m.name}")
+
+            asyncio.run(show())
+            return
+        if bootstrap_only:
+
+            async def boot() -> bool:
+                conn = await connect_admin(settings)
+                try:
+                    return await bootstrap.bootstrap(conn, settings.authenticator_password)
+                finally:
+                    await conn.close()
+
+            applied = asyncio.run(boot())
+            typer.echo("bootstrap applied" if applied else "this is a Supabase database: nothing to bootstrap")
+            return
+        prepared = asyncio.run(prepare(settings))
+        for name in prepared.applied:
+            typer.echo(f"applied {name}")
+        if not prepared.applied:
+            typer.echo("nothing to apply; the database is up to date")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@app.command()
+@clear_errors
+def api() -> None:
+    """Serve the HTTP and WebSocket API."""
+    import uvicorn
+
+    from whatsched.db.embedded import port_is_free
+    from whatsched.db.setup import resolve_app_url
+
+    settings = get_settings()
+    if not port_is_free(settings.api_host, settings.api_port):
+        raise ConfigError(f"port {settings.api_port} for the API is already in use; set API_PORT to another port.")
+    asyncio.run(resolve_app_url(settings))  # fail here, in one sentence, if the database is unreachable
+    uvicorn.run(
+        "whatsched.api.app:app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="info",
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""The database: the embedded server, the Supabase bootstrap, migrations and connection pools."""

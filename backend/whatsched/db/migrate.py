@@ -1,0 +1,82 @@
+"""Apply supabase/migrations in order, recorded where the supabase CLI records them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+FILE_NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
+LOCK_KEY = 7265002
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+def migrations_dir() -> Path:
+    """supabase/migrations at the repository root (the package is installed editable from it)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "supabase" / "migrations"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("supabase/migrations not found above " + str(here))
+
+
+def discover(folder: Path | None = None) -> list[Migration]:
+    folder = folder or migrations_dir()
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = FILE_NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file name must be <14-digit version>_<name>.sql: {path.name}")
+        found.append(Migration(match["version"], match["name"], path))
+    return found
+
+
+async def applied_versions(conn: asyncpg.Connection) -> set[str]:
+    if await conn.fetchval("select to_regclass('supabase_migrations.schema_migrations')") is None:
+        return set()
+    rows = await conn.fetch("select version from supabase_migrations.schema_migrations")
+    return {r["version"] for r in rows}
+
+
+async def pending(conn: asyncpg.Connection, folder: Path | None = None) -> list[Migration]:
+    done = await applied_versions(conn)
+    return [m for m in discover(folder) if m.version not in done]
+
+
+async def migrate(conn: asyncpg.Connection, folder: Path | None = None) -> list[Migration]:
+    """Apply every pending migration, each in its own transaction, under an advisory lock."""
+    await conn.execute("create schema if not exists supabase_migrations")
+    await conn.execute(
+        "create table if not exists supabase_migrations.schema_migrations (version text not null primary key);"
+        " alter table supabase_migrations.schema_migrations add column if not exists statements text[];"
+        " alter table supabase_migrations.schema_migrations add column if not exists name text;"
+    )
+    applied: list[Migration] = []
+    await conn.execute("select pg_advisory_lock($1)", LOCK_KEY)
+    try:
+        for migration in await pending(conn, folder):
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    [migration.sql],
+                )
+            applied.append(migration)
+    finally:
+        await conn.execute("select pg_advisory_unlock($1)", LOCK_KEY)
+    return applied

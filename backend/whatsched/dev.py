@@ -1,0 +1,183 @@
+"""`whatsched dev`: the whole stack in the foreground, stopped together with Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from whatsched.config import Settings
+from whatsched.db.embedded import EmbeddedPostgres, port_is_free
+from whatsched.db.setup import prepare
+from whatsched.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+COLOURS = {"api": "\033[36m", "worker": "\033[35m", "bridge": "\033[33m"}
+
+
+@dataclass
+class Part:
+    name: str
+    argv: list[str]
+    cwd: Path
+    process: subprocess.Popen[bytes] | None = None
+
+
+def say(message: str) -> None:
+    print(f"\033[1mwhatsched\033[0m | {message}", flush=True)
+
+
+def _relay(part: Part) -> None:
+    """Prefix each line of a child's output with its name."""
+    assert part.process is not None and part.process.stdout is not None
+    prefix = f"{COLOURS.get(part.name, '')}{part.name:<6}\033[0m | "
+    for raw in iter(part.process.stdout.readline, b""):
+        sys.stdout.write(prefix + raw.decode("utf-8", "replace"))
+        sys.stdout.flush()
+
+
+def _check_environment(settings: Settings, with_bridge: bool) -> None:
+    if with_bridge and shutil.which("node") is None:
+        raise ConfigError("Node.js 20 is needed for the WhatsApp bridge but `node` is not on PATH; install Node 20.")
+    if not port_is_free(settings.api_host, settings.api_port):
+        raise ConfigError(f"port {settings.api_port} for the API is already in use; set API_PORT to another port.")
+    if with_bridge and not port_is_free(settings.bridge_host, settings.bridge_port):
+        raise ConfigError(
+            f"port {settings.bridge_port} for the WhatsApp bridge is already in use; set BRIDGE_PORT to another port."
+        )
+
+
+def parts_for(settings: Settings) -> list[Part]:
+    python = sys.executable
+    parts = [Part("api", [python, "-m", "whatsched.cli", "api"], REPO)]
+    if (REPO / "backend" / "whatsched" / "dispatcher").is_dir():
+        parts.append(Part("worker", [python, "-m", "whatsched.cli", "worker"], REPO))
+    if (REPO / "bridge" / "src" / "main.js").exists():
+        parts.append(Part("bridge", ["node", "src/main.js"], REPO / "bridge"))
+    return parts
+
+
+def child_env(settings: Settings, database_url: str, app_url: str) -> dict[str, str]:
+    data_dir = settings.data_dir.resolve()
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "APP_DATABASE_URL": app_url,
+            "DATA_DIR": str(data_dir),
+            "API_PORT": str(settings.api_port),
+            "BRIDGE_HOST": settings.bridge_host,
+            "BRIDGE_PORT": str(settings.bridge_port),
+            "BRIDGE_TOKEN": settings.bridge_token,
+            "BRIDGE_URL": settings.effective_bridge_url,
+            "BRIDGE_EVENTS_URL": f"http://{settings.api_host}:{settings.api_port}/api/bridge/events",
+            "BRIDGE_DATA_DIR": str(data_dir / "bridge"),
+            "WHATSAPP_DRIVER": settings.whatsapp_driver,
+            "WHATSAPP_SESSION_PATH": str(settings.session_path.resolve()),
+            "WHATSAPP_PUPPETEER_ARGS": settings.whatsapp_puppeteer_args,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _wait_healthy(url: str, stop: threading.Event, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def _terminate(parts: list[Part], timeout: float = 10.0) -> None:
+    for part in parts:
+        if part.process and part.process.poll() is None:
+            part.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for part in parts:
+        if part.process is None:
+            continue
+        try:
+            part.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            part.process.kill()
+            part.process.wait()
+
+
+def run(settings: Settings) -> int:
+    parts = parts_for(settings)
+    _check_environment(settings, with_bridge=any(p.name == "bridge" for p in parts))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    embedded: EmbeddedPostgres | None = None
+    try:
+        if settings.database_url:
+            database_url = settings.database_url
+            say("using DATABASE_URL")
+        else:
+            embedded = EmbeddedPostgres(settings.data_dir / "postgres", settings.embedded_pg_port)
+            say(f"starting the embedded PostgreSQL (data in {embedded.data_dir}, port {embedded.port})")
+            embedded.start()
+            database_url = embedded.url
+        prepared = asyncio.run(prepare(settings.model_copy(update={"database_url": database_url})))
+        say(
+            "database ready"
+            + (f"; applied {', '.join(prepared.applied)}" if prepared.applied else ", schema up to date")
+        )
+
+        env = child_env(settings, database_url, prepared.app_url)
+        for part in parts:
+            part.process = subprocess.Popen(
+                part.argv,
+                cwd=part.cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+            )
+            threading.Thread(target=_relay, args=(part,), daemon=True).start()
+
+        health = f"http://{settings.api_host}:{settings.api_port}/api/health"
+        if _wait_healthy(health, stop):
+            say(
+                f"up: API http://{settings.api_host}:{settings.api_port} (docs at /docs), "
+                f"bridge {settings.effective_bridge_url} ({settings.whatsapp_driver}). Ctrl-C stops everything."
+            )
+        while not stop.is_set():
+            dead = [p for p in parts if p.process and p.process.poll() is not None]
+            if dead:
+                say(
+                    f"{dead[0].name} exited with code {dead[0].process.returncode if dead[0].process else '?'};"
+                    " stopping everything"
+                )
+                return 1
+            stop.wait(0.5)
+        say("stopping")
+        return 0
+    finally:
+        _terminate(parts)
+        if embedded is not None:
+            embedded.stop()
+            say("embedded PostgreSQL stopped")

@@ -1,0 +1,92 @@
+"""The bootstrap and the migration runner, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from whatsched.db import bootstrap, migrate
+from whatsched.db.setup import Prepared
+
+
+async def test_every_migration_is_recorded_where_the_supabase_cli_looks(admin: asyncpg.Connection) -> None:
+    rows = await admin.fetch("select version, name, statements from supabase_migrations.schema_migrations")
+    recorded = {r["version"]: r["name"] for r in rows}
+    on_disk = {m.version: m.name for m in migrate.discover()}
+    assert recorded == on_disk
+    assert all(r["statements"] for r in rows)
+
+
+async def test_a_second_run_finds_nothing_pending(admin: asyncpg.Connection) -> None:
+    assert await migrate.migrate(admin) == []
+    assert await migrate.pending(admin) == []
+
+
+async def test_bootstrap_is_idempotent_and_not_supabase(admin: asyncpg.Connection) -> None:
+    assert await bootstrap.is_supabase(admin) is False
+    assert await bootstrap.bootstrap(admin) is True
+    assert await bootstrap.bootstrap(admin) is True
+    roles = await admin.fetch(
+        "select rolname, rolbypassrls, rolcanlogin from pg_roles"
+        " where rolname in ('anon', 'authenticated', 'service_role', 'authenticator') order by rolname"
+    )
+    assert [(r["rolname"], r["rolbypassrls"], r["rolcanlogin"]) for r in roles] == [
+        ("anon", False, False),
+        ("authenticated", False, False),
+        ("authenticator", False, True),
+        ("service_role", True, False),
+    ]
+
+
+async def test_auth_helpers_read_request_claims_like_supabase(admin: asyncpg.Connection) -> None:
+    claims = {
+        "sub": "6b1f8c2e-8f5e-4c3a-9d7e-2a1b3c4d5e6f",
+        "role": "authenticated",
+        "email": "a@example.com",
+    }
+    async with admin.transaction():
+        await admin.execute("select set_config('request.jwt.claims', $1, true)", json.dumps(claims))
+        row = await admin.fetchrow(
+            "select auth.uid()::text as uid, auth.role() as role, auth.email() as email, auth.jwt() ->> 'sub' as sub"
+        )
+    assert dict(row) == {
+        "uid": claims["sub"],
+        "role": "authenticated",
+        "email": "a@example.com",
+        "sub": claims["sub"],
+    }
+
+
+async def test_realtime_send_becomes_a_notification_locally(prepared: Prepared) -> None:
+    listener = await asyncpg.connect(prepared.admin_url)
+    received: list[str] = []
+    await listener.add_listener("realtime", lambda *args: received.append(args[3]))
+    sender = await asyncpg.connect(prepared.admin_url)
+    await sender.execute("""select realtime.send('{"x": 1}'::jsonb, 'ping', 'user:abc', true)""")
+    await sender.close()
+    for _ in range(50):
+        if received:
+            break
+        import asyncio
+
+        await asyncio.sleep(0.02)
+    await listener.close()
+    assert json.loads(received[0]) == {
+        "topic": "user:abc",
+        "event": "ping",
+        "payload": {"x": 1},
+        "private": True,
+    }
+
+
+async def test_the_app_connection_is_not_a_superuser(prepared: Prepared) -> None:
+    conn = await asyncpg.connect(prepared.app_url)
+    try:
+        row = await conn.fetchrow(
+            "select current_user, rolsuper, rolbypassrls from pg_roles where rolname = current_user"
+        )
+    finally:
+        await conn.close()
+    assert row["current_user"] == "authenticator"
+    assert row["rolsuper"] is False and row["rolbypassrls"] is False
