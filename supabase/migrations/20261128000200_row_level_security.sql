@@ -1,0 +1,169 @@
+-- =============================================================================
+-- Row-level security: owners see and change their rows; admins everything
+-- (through private.is_admin()); anon nothing. Policies use (select auth.uid())
+-- so Postgres evaluates it once per statement (an initPlan), not per row.
+-- =============================================================================
+
+create or replace function private.is_admin()
+returns boolean
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select exists (
+    select 1 from public.profiles
+    where id = (select auth.uid()) and role = 'admin'
+  );
+$$;
+
+revoke all on function private.is_admin() from public;
+grant execute on function private.is_admin() to authenticated, service_role;
+
+alter table public.profiles enable row level security;
+alter table public.contacts enable row level security;
+alter table public.groups enable row level security;
+alter table public.group_contacts enable row level security;
+alter table public.messages enable row level security;
+alter table public.message_groups enable row level security;
+alter table public.deliveries enable row level security;
+alter table public.notifications enable row level security;
+alter table public.audit_log enable row level security;
+
+-- anon gets nothing at all; authenticated gets what the policies allow.
+revoke all on all tables in schema public from anon;
+revoke all on all sequences in schema public from anon;
+grant select, insert, update, delete on all tables in schema public to authenticated, service_role;
+-- Columns only the system writes, and tables only the system changes.
+revoke insert, update, delete on public.deliveries from authenticated;
+revoke insert, delete on public.profiles from authenticated;
+revoke update, delete on public.audit_log from authenticated;
+
+-- -----------------------------------------------------------------------------
+-- profiles
+-- -----------------------------------------------------------------------------
+create policy "profiles: read own or admin" on public.profiles
+  for select to authenticated
+  using (id = (select auth.uid()) or (select private.is_admin()));
+
+create policy "profiles: update own or admin" on public.profiles
+  for update to authenticated
+  using (id = (select auth.uid()) or (select private.is_admin()))
+  with check (id = (select auth.uid()) or (select private.is_admin()));
+
+-- Only an admin (or the service) changes a role.
+create or replace function private.protect_profile_role()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if new.role is distinct from old.role
+     and current_user in ('anon', 'authenticated')
+     and not (select private.is_admin()) then
+    raise exception 'only an admin can change a role' using errcode = '42501';
+  end if;
+  new.id := old.id;
+  return new;
+end;
+$$;
+
+create trigger profiles_protect_role before update on public.profiles
+  for each row execute function private.protect_profile_role();
+
+-- -----------------------------------------------------------------------------
+-- Owned tables: contacts, groups, group_contacts, messages, message_groups
+-- -----------------------------------------------------------------------------
+create policy "contacts: owner or admin" on public.contacts
+  for all to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()))
+  with check (created_by = (select auth.uid()) or (select private.is_admin()));
+
+create policy "groups: owner or admin" on public.groups
+  for all to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()))
+  with check (created_by = (select auth.uid()) or (select private.is_admin()));
+
+create policy "group_contacts: owner or admin" on public.group_contacts
+  for all to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()))
+  with check (created_by = (select auth.uid()) or (select private.is_admin()));
+
+create policy "messages: owner or admin" on public.messages
+  for all to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()))
+  with check (created_by = (select auth.uid()) or (select private.is_admin()));
+
+create policy "message_groups: owner or admin" on public.message_groups
+  for all to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()))
+  with check (created_by = (select auth.uid()) or (select private.is_admin()));
+
+-- Ownership never moves between users.
+create or replace function private.keep_owner()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if new.created_by is distinct from old.created_by then
+    raise exception 'the owner of a row cannot change' using errcode = '42501';
+  end if;
+  return new;
+end;
+$$;
+
+create trigger contacts_keep_owner before update on public.contacts
+  for each row execute function private.keep_owner();
+create trigger groups_keep_owner before update on public.groups
+  for each row execute function private.keep_owner();
+create trigger messages_keep_owner before update on public.messages
+  for each row execute function private.keep_owner();
+
+-- -----------------------------------------------------------------------------
+-- deliveries: read-only for users
+-- -----------------------------------------------------------------------------
+create policy "deliveries: read own or admin" on public.deliveries
+  for select to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()));
+
+-- -----------------------------------------------------------------------------
+-- notifications
+-- -----------------------------------------------------------------------------
+create policy "notifications: read own or admin" on public.notifications
+  for select to authenticated
+  using (user_id = (select auth.uid()) or (select private.is_admin()));
+
+create policy "notifications: create own" on public.notifications
+  for insert to authenticated
+  with check (user_id = (select auth.uid()));
+
+create policy "notifications: update own" on public.notifications
+  for update to authenticated
+  using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+
+create policy "notifications: delete own" on public.notifications
+  for delete to authenticated
+  using (user_id = (select auth.uid()));
+
+-- -----------------------------------------------------------------------------
+-- audit_log: append-only; users read their own entries, admins all
+-- -----------------------------------------------------------------------------
+create policy "audit_log: read own or admin" on public.audit_log
+  for select to authenticated
+  using (actor_id = (select auth.uid()) or (select private.is_admin()));
+
+create policy "audit_log: append own" on public.audit_log
+  for insert to authenticated
+  with check (actor_id = (select auth.uid()));
+
+-- -----------------------------------------------------------------------------
+-- Realtime: a user may join only their own private topic `user:<uuid>`; admins any.
+-- -----------------------------------------------------------------------------
+create policy "realtime: join own user topic" on realtime.messages
+  for select to authenticated
+  using (
+    (select realtime.topic()) = 'user:' || (select auth.uid())::text
+    or (select private.is_admin())
+  );
