@@ -1,0 +1,77 @@
+// Wires the parts together: the configured driver, the idempotency store, the
+// event publisher and the HTTP server, with start/stop in the right order.
+import { EVENT_TYPES } from './constants.js';
+import { SimulatorDriver } from './drivers/simulator.js';
+import { WwebjsDriver } from './drivers/wwebjs.js';
+import { EventPublisher } from './events.js';
+import { IdempotencyStore } from './idempotency.js';
+import { createServer } from './server.js';
+
+/**
+ * @param {ReturnType<import('./config.js').loadConfig>} config
+ * @param {object} [opts]
+ * @param {(line: string) => void} [opts.log]
+ * @param {Function} [opts.clientFactory] fake whatsapp-web.js client for tests
+ * @param {{initialMs?: number, maxMs?: number}} [opts.backoff] wwebjs rebuild backoff
+ * @param {{initialMs?: number, maxMs?: number}} [opts.eventBackoff] event retry backoff
+ */
+export function createBridge(config, { log = console.log, clientFactory, backoff, eventBackoff } = {}) {
+  const store = new IdempotencyStore(config.dataDir);
+  const driver =
+    config.driver === 'simulator'
+      ? new SimulatorDriver({ latencyMs: config.simulatorLatencyMs, ackDelayMs: config.simulatorAckDelayMs })
+      : new WwebjsDriver({
+          sessionPath: config.sessionPath,
+          chromePath: config.chromePath,
+          puppeteerArgs: config.puppeteerArgs,
+          clientFactory,
+          backoff,
+          log,
+        });
+  const events = new EventPublisher({ url: config.eventsUrl, token: config.token, log, backoff: eventBackoff });
+  const server = createServer({ config, driver, store, log });
+
+  driver.on('status', (s) => {
+    const details = [s.phone && `phone=${s.phone}`, s.last_error && `error="${s.last_error}"`, s.qr_code && 'qr=ready'];
+    log(['bridge: status', s.status, ...details.filter(Boolean)].join(' '));
+    events.publish({ type: EVENT_TYPES.WHATSAPP_STATUS, ...s });
+  });
+
+  // One chain keeps acks in order while an early ack waits for its send to be recorded.
+  let acks = Promise.resolve();
+  driver.on('ack', (a) => {
+    acks = acks.then(async () => {
+      let key = store.keyFor(a.whatsapp_message_id);
+      if (!key) {
+        await store.settled(); // WhatsApp can ack before sendMessage() has returned the id
+        key = store.keyFor(a.whatsapp_message_id);
+      }
+      events.publish({ type: EVENT_TYPES.MESSAGE_ACK, whatsapp_message_id: a.whatsapp_message_id, idempotency_key: key, ack: a.ack, at: a.at });
+    });
+  });
+
+  let url = null;
+  return {
+    config,
+    driver,
+    store,
+    events,
+    server,
+    get url() {
+      return url;
+    },
+    /** Listen first, so a busy port fails before any browser is launched. */
+    async start({ port = config.port, host = config.host } = {}) {
+      url = await server.listen(port, host);
+      log(`bridge: listening on ${url} driver=${config.driver} events=${config.eventsUrl || 'off'}`);
+      await driver.start();
+      return url;
+    },
+    async stop() {
+      await driver.stop();
+      await server.close();
+      await acks;
+      await events.close({ flushMs: 2000 });
+    },
+  };
+}

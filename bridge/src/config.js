@@ -1,0 +1,51 @@
+// Reads the bridge's settings from the environment, with the defaults a
+// developer needs to run `npm start` in the simulator without any setup.
+import path from 'node:path';
+
+export const DRIVERS = ['simulator', 'wwebjs'];
+export const DEV_TOKEN = 'dev-bridge-token';
+
+export class ConfigError extends Error {}
+
+/**
+ * @param {Record<string, string|undefined>} env
+ * @param {string} cwd relative paths resolve against it
+ */
+export function loadConfig(env = process.env, cwd = process.cwd()) {
+  const driver = env.WHATSAPP_DRIVER || 'simulator';
+  if (!DRIVERS.includes(driver)) {
+    throw new ConfigError(`WHATSAPP_DRIVER must be one of ${DRIVERS.join(', ')}, got "${driver}".`);
+  }
+
+  let token = env.BRIDGE_TOKEN || '';
+  if (!token) {
+    // The simulator sends nothing real, so a well-known token is harmless there.
+    if (driver === 'simulator') token = DEV_TOKEN;
+    else throw new ConfigError('BRIDGE_TOKEN is required when WHATSAPP_DRIVER=wwebjs; set it to a long random string shared with the backend.');
+  }
+
+  return {
+    host: env.BRIDGE_HOST || '127.0.0.1',
+    port: intVar(env, 'BRIDGE_PORT', 3001, 0, 65535),
+    token,
+    driver,
+    sessionPath: path.resolve(cwd, env.WHATSAPP_SESSION_PATH || '../.data/whatsapp-session'),
+    puppeteerArgs: (env.WHATSAPP_PUPPETEER_ARGS ?? '--no-sandbox').split(/\s+/).filter(Boolean),
+    chromePath: env.CHROME_PATH || '/usr/bin/chromium',
+    // An explicitly empty BRIDGE_EVENTS_URL disables events, so `??` and not `||`.
+    eventsUrl: env.BRIDGE_EVENTS_URL ?? 'http://127.0.0.1:8000/api/bridge/events',
+    dataDir: path.resolve(cwd, env.BRIDGE_DATA_DIR || '../.data/bridge'),
+    simulatorLatencyMs: intVar(env, 'SIMULATOR_LATENCY_MS', 0, 0, 600_000),
+    simulatorAckDelayMs: intVar(env, 'SIMULATOR_ACK_DELAY_MS', 50, 0, 600_000),
+  };
+}
+
+function intVar(env, name, fallback, min, max) {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer between ${min} and ${max}, got "${raw}".`);
+  }
+  return value;
+}

@@ -1,0 +1,91 @@
+// Every protocol value the bridge speaks, in one place: whatsapp-web.js's event
+// names and ack levels on one side, our statuses, delivery events and error
+// codes on the other, and the single function that maps WhatsApp acks to ours.
+
+// whatsapp-web.js Client event names (whatsapp-web.js src/util/Constants.js `Events`).
+export const WA_EVENTS = Object.freeze({
+  QR: 'qr',
+  READY: 'ready',
+  AUTHENTICATED: 'authenticated',
+  AUTH_FAILURE: 'auth_failure',
+  DISCONNECTED: 'disconnected',
+  MESSAGE_ACK: 'message_ack',
+  CHANGE_STATE: 'change_state',
+});
+
+// whatsapp-web.js message ack levels (whatsapp-web.js `MessageAck`).
+export const ACK_ERROR = -1;
+export const ACK_PENDING = 0;
+export const ACK_SERVER = 1;
+export const ACK_DEVICE = 2;
+export const ACK_READ = 3;
+export const ACK_PLAYED = 4;
+
+// Our WhatsApp connection statuses, as reported by GET /status and events.
+export const STATUS = Object.freeze({
+  CONNECTED: 'connected',
+  DISCONNECTED: 'disconnected',
+  QR_NEEDED: 'qr_needed',
+  INITIALIZING: 'initializing',
+});
+
+// Our delivery events for a sent message (the `ack` field of message_ack events).
+export const DELIVERY = Object.freeze({
+  SENT: 'sent',
+  DELIVERED: 'delivered',
+  READ: 'read',
+  FAILED: 'failed',
+});
+
+// Our event types POSTed to BRIDGE_EVENTS_URL.
+export const EVENT_TYPES = Object.freeze({
+  WHATSAPP_STATUS: 'whatsapp_status',
+  MESSAGE_ACK: 'message_ack',
+});
+
+// Our error codes with the HTTP status each is answered with.
+export const ERRORS = Object.freeze({
+  bad_request: 400,
+  unauthorized: 401,
+  not_found: 404,
+  method_not_allowed: 405,
+  payload_too_large: 413,
+  invalid_number: 422,
+  not_registered: 422,
+  rate_limited: 429,
+  send_failed: 502,
+  not_connected: 503,
+});
+
+// Request limits of POST /send.
+export const E164_PATTERN = /^\+[1-9]\d{1,14}$/;
+export const MAX_BODY_CHARS = 4096;
+export const MAX_IDEMPOTENCY_KEY_CHARS = 200;
+export const MAX_REQUEST_BYTES = 64 * 1024;
+
+// Headers of the signed events sent to the backend.
+export const SIGNATURE_HEADER = 'X-Bridge-Signature';
+export const TIMESTAMP_HEADER = 'X-Bridge-Timestamp';
+
+/**
+ * Map a whatsapp-web.js ack value to our delivery event.
+ * @param {number} ack whatsapp-web.js MessageAck value
+ * @returns {'sent'|'delivered'|'read'|'failed'|null} null when nothing happened yet
+ */
+export function ackToDelivery(ack) {
+  switch (ack) {
+    case ACK_ERROR:
+      return DELIVERY.FAILED;
+    case ACK_PENDING:
+      return null;
+    case ACK_SERVER:
+      return DELIVERY.SENT;
+    case ACK_DEVICE:
+      return DELIVERY.DELIVERED;
+    case ACK_READ:
+    case ACK_PLAYED: // a played voice note has also been read
+      return DELIVERY.READ;
+    default:
+      return null; // unknown future levels are ignored rather than guessed
+  }
+}

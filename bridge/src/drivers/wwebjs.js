@@ -1,0 +1,222 @@
+// The real WhatsApp driver: one whatsapp-web.js Client (one headless Chromium)
+// at a time, rebuilt with exponential backoff whenever it dies, and never left
+// running as an orphan browser.
+import path from 'node:path';
+import { rm } from 'node:fs/promises';
+import { STATUS, WA_EVENTS, ackToDelivery } from '../constants.js';
+import { BridgeError } from '../errors.js';
+import { qrToDataUrl } from '../qr.js';
+import { BaseDriver } from './base.js';
+import { findBrowserPids, killBrowserProcesses } from './browser-procs.js';
+
+const DESTROY_TIMEOUT_MS = 10_000;
+const LOOKUP_TIMEOUT_MS = 30_000; // getNumberId sends nothing, so timing it out is safe
+
+/**
+ * The default client factory: a real whatsapp-web.js Client with LocalAuth.
+ * @returns {Promise<(opts: {sessionPath: string, chromePath: string, puppeteerArgs: string[]}) => any>}
+ */
+export async function realClientFactory() {
+  const { default: wwebjs } = await import('whatsapp-web.js');
+  return ({ sessionPath, chromePath, puppeteerArgs }) =>
+    new wwebjs.Client({
+      authStrategy: new wwebjs.LocalAuth({ dataPath: sessionPath }),
+      puppeteer: {
+        executablePath: chromePath,
+        headless: true,
+        args: puppeteerArgs,
+        // We stop the browser ourselves on signals; puppeteer's own handler would exit(130).
+        handleSIGINT: false,
+        handleSIGTERM: false,
+        handleSIGHUP: false,
+      },
+    });
+}
+
+export class WwebjsDriver extends BaseDriver {
+  name = 'wwebjs';
+  #opts;
+  #factory;
+  #client = null;
+  #initializing = null; // the in-flight client.initialize(), awaited before destroy
+  #generation = 0; // events from an older client are ignored
+  #attempt = 0;
+  #retryTimer = null;
+  #stopped = true;
+
+  /**
+   * @param {object} opts
+   * @param {string} opts.sessionPath LocalAuth dataPath
+   * @param {string} opts.chromePath
+   * @param {string[]} opts.puppeteerArgs
+   * @param {Function} [opts.clientFactory] (opts) => client; defaults to whatsapp-web.js
+   * @param {{initialMs?: number, maxMs?: number}} [opts.backoff]
+   * @param {(line: string) => void} [opts.log]
+   */
+  constructor(opts) {
+    super();
+    this.#opts = { backoff: {}, log: () => {}, ...opts };
+    this.#opts.backoff = { initialMs: 1000, maxMs: 60_000, ...this.#opts.backoff };
+  }
+
+  /** The Chromium profile LocalAuth uses; identifies this session's browser processes. */
+  get userDataDir() {
+    return path.join(this.#opts.sessionPath, 'session');
+  }
+
+  async start() {
+    this.#stopped = false;
+    this.#factory = this.#opts.clientFactory ?? (await realClientFactory());
+    this.#connect();
+  }
+
+  async stop() {
+    this.#stopped = true;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    await this.#teardown();
+  }
+
+  async send(to, body) {
+    const client = this.#client;
+    if (!client || this.status().status !== STATUS.CONNECTED) {
+      throw new BridgeError('not_connected', `WhatsApp is ${this.status().status}; cannot send now`);
+    }
+    let numberId;
+    try {
+      numberId = await withTimeout(client.getNumberId(to.slice(1)), LOOKUP_TIMEOUT_MS, 'getNumberId');
+    } catch (err) {
+      throw new BridgeError('send_failed', `could not check ${to} on WhatsApp: ${err.message}`);
+    }
+    if (!numberId) throw new BridgeError('not_registered', `${to} is not on WhatsApp`, 'to');
+    try {
+      // sendSeen false: scheduling a message must not mark the operator's chat as read.
+      const msg = await client.sendMessage(numberId._serialized, body, { sendSeen: false });
+      return { whatsapp_message_id: msg.id._serialized };
+    } catch (err) {
+      throw new BridgeError('send_failed', `WhatsApp refused the message: ${err.message}`);
+    }
+  }
+
+  async logout() {
+    const client = this.#client;
+    this.#generation += 1; // the LOGOUT `disconnected` event is ours, not a failure
+    try {
+      await client?.logout();
+    } catch (err) {
+      this.#opts.log(`bridge: logout through WhatsApp failed (${err.message}); removing the local session instead`);
+    }
+    await this.#teardown();
+    // Without the session files the next client has to ask for a QR.
+    await rm(this.userDataDir, { recursive: true, force: true, maxRetries: 3 });
+    this._setStatus(STATUS.DISCONNECTED, { phone: null, last_error: 'logged out' });
+    this.#attempt = 0;
+    if (!this.#stopped) this.#scheduleRebuild();
+    return this.status().status;
+  }
+
+  async restart() {
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#attempt = 0;
+    await this.#teardown();
+    if (!this.#stopped) this.#connect();
+    return this.status().status;
+  }
+
+  #connect() {
+    const generation = ++this.#generation;
+    const client = this.#factory({
+      sessionPath: this.#opts.sessionPath,
+      chromePath: this.#opts.chromePath,
+      puppeteerArgs: this.#opts.puppeteerArgs,
+    });
+    this.#client = client;
+    const current = () => generation === this.#generation && !this.#stopped;
+
+    client.on(WA_EVENTS.QR, (qr) => {
+      qrToDataUrl(qr).then((qr_code) => current() && this._setStatus(STATUS.QR_NEEDED, { qr_code, phone: null }));
+    });
+    client.on(WA_EVENTS.AUTHENTICATED, () => current() && this.#opts.log('bridge: whatsapp authenticated'));
+    client.on(WA_EVENTS.READY, () => {
+      if (!current()) return;
+      this.#attempt = 0;
+      const user = client.info?.wid?.user;
+      this._setStatus(STATUS.CONNECTED, { phone: user ? `+${user}` : null, last_error: null });
+    });
+    client.on(WA_EVENTS.AUTH_FAILURE, (message) => current() && this.#fail(`auth_failure: ${message}`));
+    client.on(WA_EVENTS.DISCONNECTED, (reason) => current() && this.#fail(`disconnected: ${reason}`));
+    client.on(WA_EVENTS.CHANGE_STATE, (state) => current() && this.#opts.log(`bridge: whatsapp state ${state}`));
+    client.on(WA_EVENTS.MESSAGE_ACK, (msg, ack) => {
+      if (!current() || msg?.id?.fromMe === false) return;
+      const delivery = ackToDelivery(ack);
+      if (delivery) this.emit('ack', { whatsapp_message_id: msg.id._serialized, ack: delivery, at: new Date().toISOString() });
+    });
+
+    this._setStatus(STATUS.INITIALIZING);
+    const init = Promise.resolve()
+      .then(() => client.initialize())
+      .catch((err) => current() && this.#fail(`initialize failed: ${err?.message ?? err}`));
+    this.#initializing = init;
+    init.finally(() => {
+      if (this.#initializing === init) this.#initializing = null;
+    });
+  }
+
+  /** The client is unusable: report why, then rebuild it after a backoff. */
+  #fail(reason) {
+    this._setStatus(STATUS.DISCONNECTED, { last_error: reason });
+    this.#generation += 1; // ignore whatever the dying client says next
+    this.#scheduleRebuild();
+  }
+
+  #scheduleRebuild() {
+    if (this.#stopped || this.#retryTimer) return;
+    const { initialMs, maxMs } = this.#opts.backoff;
+    const base = Math.min(maxMs, initialMs * 2 ** this.#attempt);
+    const delay = Math.round(base / 2 + (Math.random() * base) / 2); // jitter: 50-100% of base
+    this.#attempt += 1;
+    this.#opts.log(`bridge: rebuilding the whatsapp client in ${delay} ms (attempt ${this.#attempt})`);
+    // Destroy now so no browser idles during the wait; connect when the timer fires.
+    const teardown = this.#teardown();
+    this.#retryTimer = setTimeout(async () => {
+      await teardown;
+      this.#retryTimer = null;
+      if (!this.#stopped) this.#connect();
+    }, delay);
+  }
+
+  /** Destroy the current client and make sure its Chromium is gone. */
+  async #teardown() {
+    const client = this.#client;
+    const initializing = this.#initializing;
+    this.#client = null;
+    if (!client) return;
+    client.removeAllListeners();
+    // Destroying while puppeteer is still launching would miss the browser it is about to create.
+    if (initializing) await withTimeout(initializing, DESTROY_TIMEOUT_MS, 'initialize').catch(() => {});
+    try {
+      await withTimeout(client.destroy(), DESTROY_TIMEOUT_MS, 'destroy');
+    } catch (err) {
+      this.#opts.log(`bridge: client.destroy failed (${err.message}); killing its browser`);
+      try {
+        client.pupBrowser?.process()?.kill('SIGKILL');
+      } catch {
+        // the browser was already gone
+      }
+    }
+    // Only a real client owns a profile directory with browsers in it.
+    if (!this.#opts.clientFactory && findBrowserPids(this.userDataDir).length > 0) {
+      const killed = killBrowserProcesses(this.userDataDir);
+      this.#opts.log(`bridge: killed ${killed} leftover chromium process(es)`);
+    }
+  }
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

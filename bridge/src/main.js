@@ -1,0 +1,51 @@
+// Entry point (`npm start`): load config, start the bridge, stop it cleanly on
+// SIGINT/SIGTERM, and turn the usual startup mistakes into one clear sentence.
+import { ConfigError, loadConfig } from './config.js';
+import { createBridge } from './bridge.js';
+
+function fail(sentence) {
+  console.error(`bridge: ${sentence}`);
+  process.exit(1);
+}
+
+let config;
+try {
+  config = loadConfig();
+} catch (err) {
+  if (err instanceof ConfigError) fail(err.message);
+  throw err;
+}
+
+let bridge;
+try {
+  bridge = createBridge(config);
+} catch (err) {
+  fail(`cannot use BRIDGE_DATA_DIR ${config.dataDir} (${err.code ?? err.message}); point it at a writable directory`);
+}
+
+let stopping = false;
+async function shutdown(signal) {
+  if (stopping) return;
+  stopping = true;
+  console.log(`bridge: ${signal} received; stopping`);
+  try {
+    await bridge.stop();
+  } catch (err) {
+    console.error(`bridge: error while stopping: ${err.stack ?? err}`);
+    process.exit(1);
+  }
+  process.exit(0);
+}
+process.on('SIGINT', () => shutdown('SIGINT'));
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+// whatsapp-web.js can reject from its own page callbacks; log it rather than die with a browser open.
+process.on('unhandledRejection', (err) => console.error(`bridge: unhandled rejection: ${err?.stack ?? err}`));
+
+try {
+  await bridge.start();
+} catch (err) {
+  if (err.code === 'EADDRINUSE') fail(`port ${config.port} is already in use; set BRIDGE_PORT`);
+  if (err.code === 'EACCES') fail(`not allowed to listen on ${config.host}:${config.port}; set BRIDGE_PORT or BRIDGE_HOST`);
+  await bridge.stop().catch(() => {});
+  throw err;
+}

@@ -1,0 +1,249 @@
+// The bridge's HTTP API (node:http, no framework): authentication, request
+// validation, idempotent sends, and the simulator's admin routes.
+import http from 'node:http';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import {
+  E164_PATTERN,
+  MAX_BODY_CHARS,
+  MAX_IDEMPOTENCY_KEY_CHARS,
+  MAX_REQUEST_BYTES,
+  STATUS,
+} from './constants.js';
+import { BridgeError } from './errors.js';
+import { OPERATOR_PAGE } from './operator-page.js';
+
+export const TOKEN_COOKIE = 'bridge_token';
+
+/**
+ * @param {object} deps
+ * @param {{token: string, driver: string}} deps.config
+ * @param {import('./drivers/base.js').BaseDriver} deps.driver
+ * @param {import('./idempotency.js').IdempotencyStore} deps.store
+ * @param {(line: string) => void} [deps.log]
+ * @returns {{httpServer: http.Server, listen: (port: number, host?: string) => Promise<string>, close: () => Promise<void>}}
+ */
+export function createServer({ config, driver, store, log = () => {} }) {
+  const routes = buildRoutes({ config, driver, store });
+
+  const httpServer = http.createServer(async (req, res) => {
+    try {
+      const url = new URL(req.url, 'http://bridge.invalid');
+      const byMethod = routes[url.pathname];
+      const route = byMethod?.[req.method];
+      if (route?.public) return await route.handle(req, res);
+      // Authentication comes before 404, so an anonymous caller learns nothing about routes.
+      if (!isAuthorized(req, config.token, { allowCookie: route?.cookieAuth })) {
+        throw new BridgeError('unauthorized', 'missing or wrong bearer token');
+      }
+      if (!byMethod) throw new BridgeError('not_found', `no route ${url.pathname}`);
+      if (!route) throw new BridgeError('method_not_allowed', `${req.method} is not allowed on ${url.pathname}`);
+      await route.handle(req, res);
+    } catch (err) {
+      if (!(err instanceof BridgeError)) log(`bridge: ${req.method} ${req.url} failed: ${err.stack ?? err}`);
+      const error = err instanceof BridgeError ? err : new BridgeError('send_failed', 'internal bridge error');
+      // After a 413 the rest of the body is unread; closing beats reading megabytes to discard.
+      if (error.code === 'payload_too_large') res.setHeader('Connection', 'close');
+      if (!res.headersSent) sendJson(res, error.httpStatus, error.toJSON());
+      else res.destroy();
+    }
+  });
+
+  return {
+    httpServer,
+    listen(port, host = '127.0.0.1') {
+      return new Promise((resolve, reject) => {
+        httpServer.once('error', reject);
+        httpServer.listen(port, host, () => {
+          httpServer.off('error', reject);
+          const { address, port: bound } = httpServer.address();
+          resolve(`http://${address.includes(':') ? `[${address}]` : address}:${bound}`);
+        });
+      });
+    },
+    close() {
+      return new Promise((resolve) => {
+        if (!httpServer.listening) return resolve();
+        httpServer.close(() => resolve());
+        httpServer.closeAllConnections(); // keep-alive sockets would hold close() open
+      });
+    },
+  };
+}
+
+function buildRoutes({ config, driver, store }) {
+  const simulatorOnly = config.driver === 'simulator';
+  const routes = {
+    '/': {
+      GET: {
+        public: true, // the page holds no data; it asks for the token itself
+        handle: (req, res) => {
+          res.writeHead(200, {
+            'Content-Type': 'text/html; charset=utf-8',
+            'Cache-Control': 'no-store',
+            // Everything is inline; nothing may load from anywhere else.
+            'Content-Security-Policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'",
+            'X-Content-Type-Options': 'nosniff',
+          });
+          res.end(OPERATOR_PAGE);
+        },
+      },
+    },
+    '/health': {
+      GET: { public: true, handle: (req, res) => sendJson(res, 200, { ok: true, driver: config.driver, status: driver.status().status }) },
+    },
+    '/status': {
+      GET: { cookieAuth: true, handle: (req, res) => sendJson(res, 200, driver.status()) },
+    },
+    '/send': {
+      POST: {
+        handle: async (req, res) => {
+          const { to, body, idempotency_key } = validateSend(await readJson(req));
+          const { result, replayed } = await store.run(idempotency_key, () => driver.send(to, body, { idempotency_key }));
+          sendJson(res, 200, { whatsapp_message_id: result.whatsapp_message_id, replayed });
+        },
+      },
+    },
+    '/logout': {
+      POST: { handle: async (req, res) => sendJson(res, 200, { status: await driver.logout() }) },
+    },
+    '/restart': {
+      POST: { handle: async (req, res) => sendJson(res, 200, { status: await driver.restart() }) },
+    },
+  };
+  if (!simulatorOnly) return routes;
+
+  routes['/simulator/outbox'] = {
+    GET: { handle: (req, res) => sendJson(res, 200, { messages: driver.outbox }) },
+    DELETE: {
+      handle: (req, res) => {
+        driver.outbox.length = 0;
+        sendJson(res, 200, { messages: [] });
+      },
+    },
+  };
+  routes['/simulator/state'] = {
+    POST: {
+      handle: async (req, res) => {
+        const { status, reason } = await readJson(req);
+        if (![STATUS.CONNECTED, STATUS.DISCONNECTED, STATUS.QR_NEEDED].includes(status)) {
+          throw new BridgeError('bad_request', 'status must be connected, disconnected or qr_needed', 'status');
+        }
+        if (reason !== undefined && reason !== null && typeof reason !== 'string') {
+          throw new BridgeError('bad_request', 'reason must be a string', 'reason');
+        }
+        await driver.forceStatus(status, reason ?? null);
+        sendJson(res, 200, driver.status());
+      },
+    },
+  };
+  routes['/simulator/config'] = {
+    POST: {
+      handle: async (req, res) => {
+        const input = await readJson(req);
+        const changes = {};
+        for (const field of ['latency_ms', 'ack_delay_ms', 'fail_next']) {
+          if (input[field] === undefined) continue;
+          if (!Number.isInteger(input[field]) || input[field] < 0 || input[field] > 600_000) {
+            throw new BridgeError('bad_request', `${field} must be an integer from 0 to 600000`, field);
+          }
+          changes[field] = input[field];
+        }
+        sendJson(res, 200, driver.configure(changes));
+      },
+    },
+  };
+  return routes;
+}
+
+/** Validate a POST /send body; throws BridgeError naming the field at fault. */
+export function validateSend(input) {
+  const { to, body, idempotency_key } = input;
+  if (typeof to !== 'string' || !E164_PATTERN.test(to)) {
+    throw new BridgeError('invalid_number', 'to must be an E.164 number such as +56912345678', 'to');
+  }
+  if (typeof body !== 'string' || body.length === 0 || body.length > MAX_BODY_CHARS) {
+    throw new BridgeError('bad_request', `body must be a non-empty string of at most ${MAX_BODY_CHARS} characters`, 'body');
+  }
+  if (typeof idempotency_key !== 'string' || idempotency_key.length === 0 || idempotency_key.length > MAX_IDEMPOTENCY_KEY_CHARS) {
+    throw new BridgeError('bad_request', `idempotency_key must be a string of 1 to ${MAX_IDEMPOTENCY_KEY_CHARS} characters`, 'idempotency_key');
+  }
+  return { to, body, idempotency_key };
+}
+
+function isAuthorized(req, token, { allowCookie = false } = {}) {
+  const header = req.headers.authorization ?? '';
+  const match = /^Bearer (.+)$/i.exec(header);
+  if (match) return sameSecret(match[1].trim(), token);
+  if (allowCookie) {
+    const cookie = parseCookies(req.headers.cookie)[TOKEN_COOKIE];
+    if (cookie) return sameSecret(cookie, token);
+  }
+  return false;
+}
+
+// Hashing first gives equal-length inputs, so timingSafeEqual leaks neither content nor length.
+function sameSecret(given, expected) {
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+function parseCookies(header = '') {
+  const out = {};
+  for (const part of header.split(';')) {
+    const i = part.indexOf('=');
+    if (i < 0) continue;
+    try {
+      out[part.slice(0, i).trim()] = decodeURIComponent(part.slice(i + 1).trim());
+    } catch {
+      // a malformed cookie is simply not a token
+    }
+  }
+  return out;
+}
+
+/** Read and parse a JSON object body of at most MAX_REQUEST_BYTES. */
+async function readJson(req) {
+  const raw = await readBody(req);
+  let value;
+  try {
+    value = JSON.parse(raw.toString('utf8'));
+  } catch {
+    throw new BridgeError('bad_request', 'request body must be valid JSON');
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new BridgeError('bad_request', 'request body must be a JSON object');
+  }
+  return value;
+}
+
+// Listeners rather than `for await`: leaving that loop early destroys the socket
+// and the caller would never see the 413.
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    if (Number(req.headers['content-length'] ?? 0) > MAX_REQUEST_BYTES) return reject(tooLarge());
+    const chunks = [];
+    let size = 0;
+    const onData = (chunk) => {
+      size += chunk.length;
+      if (size > MAX_REQUEST_BYTES) {
+        req.off('data', onData); // chunked bodies have no Content-Length to check up front
+        return reject(tooLarge());
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function tooLarge() {
+  return new BridgeError('payload_too_large', `request body exceeds ${MAX_REQUEST_BYTES} bytes`);
+}
+
+function sendJson(res, status, value) {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store' });
+  res.end(body);
+}
