@@ -84,3 +84,70 @@ async def admin(prepared: Prepared) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The API, in process, against the real database
+# ---------------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+import uuid  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+
+from whatsched.api.app import create_app  # noqa: E402
+from whatsched.api.deps import Resources  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+def res(app: FastAPI) -> Resources:
+    resources: Resources = app.state.resources
+    return resources
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@dataclasses.dataclass
+class User:
+    id: str
+    email: str
+    password: str
+    token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return {"sub": self.id, "role": "authenticated", "email": self.email}
+
+
+@pytest.fixture(scope="session")
+def make_user(res: Resources) -> Any:
+    """Create a user through the local provider and sign them in (no HTTP, so no login limit)."""
+
+    async def make(admin: bool = False) -> User:
+        email = f"user-{uuid.uuid4().hex[:10]}@example.com"
+        password = "correct horse battery"
+        provider: Any = res.provider
+        await provider.create_user(email, password, admin=admin)
+        session = await provider.login(email, password, "127.0.0.1", "pytest")
+        return User(session.user.id, email, password, session.access_token, session.refresh_token)
+
+    return make

@@ -126,6 +126,80 @@ def api() -> None:
     )
 
 
+users = typer.Typer(help="Manage users of the local auth provider.", no_args_is_help=True)
+app.add_typer(users, name="users")
+
+
+async def _local_provider() -> tuple[Any, Any]:
+    from whatsched.auth.keys import local_signing_key
+    from whatsched.auth.local import LocalProvider
+    from whatsched.db import pool as db_pool
+    from whatsched.db.setup import resolve_app_url
+
+    settings = get_settings()
+    if settings.effective_auth_provider != "local":
+        raise ConfigError(
+            "users are managed in Supabase Auth when AUTH_PROVIDER=supabase (use the Supabase dashboard)."
+        )
+    pool = await db_pool.create_pool(await resolve_app_url(settings), min_size=1, max_size=2)
+    key = local_signing_key(settings.data_dir, settings.jwt_secret)
+    provider = LocalProvider(
+        pool,
+        key,
+        settings.effective_public_url + "/auth/v1",
+        int(settings.jwt_expire_hours * 3600),
+        settings.refresh_token_days,
+    )
+    return provider, pool
+
+
+@users.command("create")
+@clear_errors
+def users_create(
+    email: str,
+    password: str = typer.Option(..., "--password", prompt=True, hide_input=True, confirmation_prompt=True),
+    admin: bool = typer.Option(False, "--admin", help="Give the user the admin role."),
+    name: str = typer.Option("", "--name", help="Display name."),
+) -> None:
+    """Create a user (email + password) in auth.users."""
+    from whatsched.auth.models import AuthFailure
+
+    if len(password) < 8:
+        raise ConfigError("the password must have at least 8 characters.")
+
+    async def run() -> str:
+        provider, pool = await _local_provider()
+        try:
+            user = await provider.create_user(email, password, admin=admin, name=name)
+        except AuthFailure as exc:
+            raise ConfigError(exc.message) from None
+        finally:
+            await pool.close()
+        return str(user.id)
+
+    user_id = asyncio.run(run())
+    typer.echo(f"created {'admin' if admin else 'user'} {email} ({user_id})")
+
+
+@users.command("promote")
+@clear_errors
+def users_promote(email: str) -> None:
+    """Make an existing user an admin."""
+    from whatsched.auth.models import AuthFailure
+
+    async def run() -> None:
+        provider, pool = await _local_provider()
+        try:
+            await provider.set_role(email, "admin")
+        except AuthFailure as exc:
+            raise ConfigError(exc.message) from None
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    typer.echo(f"{email} is now an admin")
+
+
 def main() -> None:
     app()
 

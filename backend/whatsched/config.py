@@ -23,6 +23,8 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # The API's public base URL (token issuer of the local provider). Default http://API_HOST:API_PORT.
+    public_url: str | None = None
     bridge_host: str = "127.0.0.1"
     bridge_port: int = 3001
     bridge_url: str | None = None
@@ -61,6 +63,10 @@ class Settings(BaseSettings):
         if self.auth_provider is not None:
             return self.auth_provider
         return "supabase" if self.supabase_url else "local"
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def effective_bridge_url(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -12,12 +13,35 @@ from fastapi.responses import HTMLResponse
 
 from whatsched import __version__
 from whatsched.api import errors
-from whatsched.api.deps import Resources
-from whatsched.api.routes import health
+from whatsched.api.deps import AuthProvider, Resources
+from whatsched.api.routes import auth, health
+from whatsched.auth.keys import local_signing_key
+from whatsched.auth.local import LocalProvider
+from whatsched.auth.ratelimit import RateLimits
+from whatsched.auth.supabase_provider import SupabaseProvider
+from whatsched.auth.tokens import Verifier
 from whatsched.bridge_client import BridgeClient
 from whatsched.config import Settings, get_settings
 from whatsched.db import pool as db_pool
 from whatsched.db.setup import resolve_app_url
+from whatsched.errors import ConfigError
+
+
+def build_resources(settings: Settings, pool: asyncpg.Pool, bridge: BridgeClient) -> Resources:
+    """Auth: one verifier whatever the provider; the provider decides who issues tokens."""
+    limits = RateLimits(settings.redis_url)
+    if settings.effective_auth_provider == "supabase":
+        if not settings.supabase_url or not settings.supabase_anon_key:
+            raise ConfigError("AUTH_PROVIDER=supabase needs SUPABASE_URL and SUPABASE_ANON_KEY.")
+        base = settings.supabase_url.rstrip("/") + "/auth/v1"
+        verifier = Verifier(hs256_secret=settings.jwt_secret, jwks_url=base + "/.well-known/jwks.json", issuer=base)
+        provider: AuthProvider = SupabaseProvider(settings.supabase_url, settings.supabase_anon_key)
+        return Resources(settings, pool, bridge, verifier, provider, limits, None)
+    key = local_signing_key(settings.data_dir, settings.jwt_secret)
+    issuer = settings.effective_public_url + "/auth/v1"
+    verifier = Verifier(local_key=key, issuer=issuer)
+    provider = LocalProvider(pool, key, issuer, int(settings.jwt_expire_hours * 3600), settings.refresh_token_days)
+    return Resources(settings, pool, bridge, verifier, provider, limits, key)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         url = await resolve_app_url(settings)
         pool = await db_pool.create_pool(url, min_size=2, max_size=10)
         bridge = BridgeClient(settings.effective_bridge_url, settings.bridge_token, timeout_s=10)
-        app.state.resources = Resources(settings=settings, pool=pool, bridge=bridge)
+        app.state.resources = build_resources(settings, pool, bridge)
         try:
             yield
         finally:
@@ -61,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(auth.jwks_router)
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger() -> HTMLResponse:

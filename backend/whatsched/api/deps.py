@@ -1,14 +1,35 @@
-"""Shared request dependencies: the app's resources and (later) who is calling."""
+"""Shared request dependencies: the app's resources, who is calling, and a transaction as them."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import asyncpg
-from fastapi import Request
+from fastapi import Depends, Request
+from limits import RateLimitItem
+from starlette.requests import HTTPConnection
 
+from whatsched.api.errors import ApiError
+from whatsched.auth.client_ip import client_ip
+from whatsched.auth.keys import SigningKey
+from whatsched.auth.models import AuthUser, Session
+from whatsched.auth.ratelimit import RateLimits
+from whatsched.auth.tokens import InvalidToken, Verifier
 from whatsched.bridge_client import BridgeClient
 from whatsched.config import Settings
+from whatsched.db.pool import user_tx
+
+
+class AuthProvider(Protocol):
+    name: str
+
+    async def login(self, email: str, password: str, ip: str | None, user_agent: str | None) -> Session: ...
+    async def refresh(self, refresh_token: str) -> Session: ...
+    async def logout(self, claims: dict[str, Any], access_token: str) -> None: ...
+    async def signup(self, email: str, password: str, name: str) -> AuthUser: ...
+    async def session_user(self, refresh_token: str) -> str | None: ...
 
 
 @dataclass
@@ -16,8 +37,83 @@ class Resources:
     settings: Settings
     pool: asyncpg.Pool
     bridge: BridgeClient
+    verifier: Verifier
+    provider: AuthProvider
+    limits: RateLimits
+    local_key: SigningKey | None
 
 
-def resources(request: Request) -> Resources:
-    res: Resources = request.app.state.resources
+def resources(conn: HTTPConnection) -> Resources:
+    res: Resources = conn.app.state.resources
     return res
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified caller: the claims are exactly what Postgres receives as request.jwt.claims."""
+
+    id: str
+    claims: dict[str, Any]
+    token: str
+    ip: str
+    user_agent: str | None
+
+    @property
+    def email(self) -> str | None:
+        value = self.claims.get("email")
+        return str(value) if value else None
+
+
+UNAUTHENTICATED = {"WWW-Authenticate": "Bearer"}
+
+
+def bearer_token(conn: HTTPConnection) -> str:
+    header = conn.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(
+            401,
+            "unauthenticated",
+            "Authentication required: send Authorization: Bearer <token>.",
+            headers=UNAUTHENTICATED,
+        )
+    return token.strip()
+
+
+async def verify_token(res: Resources, token: str) -> dict[str, Any]:
+    try:
+        return await res.verifier.verify(token)
+    except InvalidToken as exc:
+        raise ApiError(
+            401, "invalid_token", "The access token is invalid or has expired.", headers=UNAUTHENTICATED
+        ) from exc
+
+
+async def caller(request: Request, res: Resources = Depends(resources)) -> Caller:
+    token = bearer_token(request)
+    claims = await verify_token(res, token)
+    return Caller(
+        id=str(claims["sub"]),
+        claims=claims,
+        token=token,
+        ip=client_ip(request, res.settings.trusted_proxies),
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+async def user_conn(
+    who: Caller = Depends(caller), res: Resources = Depends(resources)
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction as the caller: RLS decides what it sees."""
+    async with user_tx(res.pool, who.claims) as conn:
+        yield conn
+
+
+async def enforce_limit(res: Resources, item: RateLimitItem, *keys: str) -> dict[str, str]:
+    """Count one hit; 429 with Retry-After when over. Returns the X-RateLimit-* headers."""
+    verdict = await res.limits.hit(item, *keys)
+    if not verdict.allowed:
+        raise ApiError(
+            429, "rate_limited", f"Too many requests; retry in {verdict.retry_after} s.", headers=verdict.headers()
+        )
+    return verdict.headers()

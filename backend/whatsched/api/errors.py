@@ -23,6 +23,11 @@ class ErrorBody(BaseModel):
     errors: list[FieldError] = []
 
 
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give (all share ErrorBody)."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
 class ApiError(Exception):
     """Raise anywhere in a request to answer with this status and body."""
 
@@ -74,7 +79,52 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or (str(loc[0]) if loc else "")
 
 
+# Our state machine's SQLSTATEs (class WS) and the standard ones a request can trigger.
+_SQLSTATE_STATUS = {
+    "WS404": 404,
+    "WS409": 409,
+    "WS410": 409,
+    "WS422": 422,
+    "WS423": 422,
+    "WS424": 422,
+    "WS425": 422,
+}
+_CONSTRAINT_CODES = {
+    "contacts_phone_per_owner": ("duplicate_phone", "phone", "A contact with this phone already exists."),
+    "groups_name_per_owner": ("duplicate_group_name", "name", "A group with this name already exists."),
+}
+
+
+def database_error(exc: asyncpg.PostgresError) -> JSONResponse | None:
+    """Map a refusal from Postgres to the API's answer; None when it is a genuine server fault."""
+    state = exc.sqlstate or ""
+    message = getattr(exc, "message", None) or str(exc)
+    if state in _SQLSTATE_STATUS:
+        return error_response(_SQLSTATE_STATUS[state], getattr(exc, "hint", None) or "conflict", message)
+    if state == "23505":  # unique_violation
+        code, field, detail = _CONSTRAINT_CODES.get(
+            getattr(exc, "constraint_name", "") or "", ("conflict", "", "This resource already exists.")
+        )
+        return error_response(409, code, detail, [{"field": field, "message": detail}] if field else [])
+    if state == "23503":  # foreign_key_violation: a referenced row is not yours or does not exist
+        return error_response(404, "related_not_found", "A referenced resource does not exist.")
+    if state in ("23514", "23502", "22001", "22P02", "22007", "22008", "22023"):
+        return error_response(422, "validation_error", message)
+    if state == "42501":  # insufficient_privilege / RLS
+        return error_response(403, "forbidden", "You are not allowed to do this.")
+    if state.startswith("08") or state in ("57P01", "57P02", "57P03", "53300"):
+        return error_response(503, "database_unavailable", "The database is unreachable; try again shortly.")
+    return None
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(asyncpg.PostgresError)
+    async def _postgres(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        answer = database_error(exc)
+        if answer is None:
+            raise exc
+        return answer
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.detail, exc.errors, exc.headers)
@@ -94,6 +144,13 @@ def install(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("whatsched.api").exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
 
     @app.exception_handler(OSError)
     async def _os(_: Request, exc: OSError) -> JSONResponse:

@@ -162,7 +162,9 @@ $$;
 
 grant execute on function auth.uid(), auth.role(), auth.email(), auth.jwt()
   to anon, authenticated, service_role;
-grant select on auth.users to service_role;
+-- The local auth provider (our API acting as GoTrue) works through service_role.
+grant select, insert, update, delete on auth.users, auth.sessions, auth.refresh_tokens to service_role;
+grant usage, select on sequence auth.refresh_tokens_id_seq to service_role;
 
 -- ---------------------------------------------------------------------------
 -- realtime: the messages table that authorizes private channels, topic(), send()

@@ -1,0 +1,143 @@
+"""Authentication endpoints: login, refresh, logout, me, signup, and the local JWKS."""
+
+from __future__ import annotations
+
+import asyncpg
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, EmailStr, Field
+
+from whatsched import audit
+from whatsched.api.deps import Caller, Resources, caller, enforce_limit, resources, user_conn
+from whatsched.api.errors import ApiError, responses
+from whatsched.auth import ratelimit
+from whatsched.auth.client_ip import client_ip
+from whatsched.auth.models import AuthFailure, AuthUser, Profile, Session
+from whatsched.db.pool import service_tx
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+jwks_router = APIRouter(tags=["auth"])
+
+ERRORS = responses(400, 401, 422, 429)
+
+
+class LoginBody(BaseModel):
+    email: EmailStr = Field(max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class SignupBody(LoginBody):
+    password: str = Field(min_length=8, max_length=1024)
+    name: str = Field(default="", max_length=200)
+
+
+class RefreshBody(BaseModel):
+    refresh_token: str = Field(min_length=1, max_length=1024)
+
+
+async def _audit(res: Resources, action: str, actor_id: str | None, request: Request, **details: str) -> None:
+    async with service_tx(res.pool) as conn:
+        await audit.record(
+            conn,
+            action,
+            actor_id=actor_id,
+            entity_type="user",
+            entity_id=actor_id,
+            ip=client_ip(request, res.settings.trusted_proxies),
+            user_agent=request.headers.get("user-agent"),
+            details=dict(details),
+        )
+
+
+def _refused(exc: AuthFailure) -> ApiError:
+    status = 503 if exc.code == "auth_unavailable" else 401
+    return ApiError(status, exc.code, exc.message)
+
+
+@router.post("/login", response_model=Session, responses=ERRORS)
+async def login(body: LoginBody, request: Request, response: Response, res: Resources = Depends(resources)) -> Session:
+    ip = client_ip(request, res.settings.trusted_proxies)
+    # Every attempt counts, right password or not: 5 per 15 minutes per IP.
+    headers = await enforce_limit(res, ratelimit.LOGIN, "login", ip)
+    try:
+        session = await res.provider.login(body.email, body.password, ip, request.headers.get("user-agent"))
+    except AuthFailure as exc:
+        await _audit(res, "login_failure", None, request, email=body.email.lower(), reason=exc.code)
+        raise _refused(exc) from None
+    await _audit(res, "login_success", session.user.id, request)
+    response.headers.update(headers)
+    response.headers["Cache-Control"] = "no-store"
+    return session
+
+
+@router.post("/refresh", response_model=Session, responses=ERRORS)
+async def refresh(
+    body: RefreshBody, request: Request, response: Response, res: Resources = Depends(resources)
+) -> Session:
+    owner = await res.provider.session_user(body.refresh_token)
+    try:
+        session = await res.provider.refresh(body.refresh_token)
+    except AuthFailure as exc:
+        if exc.code == "refresh_token_reused":
+            await _audit(res, "refresh_token_reuse_detected", owner, request)
+        raise _refused(exc) from None
+    response.headers["Cache-Control"] = "no-store"
+    return session
+
+
+@router.post("/logout", status_code=204, response_class=Response, responses=ERRORS)
+async def logout(request: Request, who: Caller = Depends(caller), res: Resources = Depends(resources)) -> Response:
+    """Ends the current session: its refresh token stops working at once. The access token itself
+    stays valid until it expires (JWT_EXPIRE_HOURS); clients should drop it."""
+    try:
+        await res.provider.logout(who.claims, who.token)
+    except AuthFailure as exc:
+        raise _refused(exc) from None
+    await _audit(res, "logout", who.id, request)
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=AuthUser, responses=ERRORS)
+async def me(
+    response: Response, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+) -> AuthUser:
+    row = await conn.fetchrow(
+        "select display_name, role, timezone, default_country from public.profiles where id = $1::uuid", who.id
+    )
+    response.headers["Cache-Control"] = "private, max-age=300"
+    claims = who.claims
+    return AuthUser(
+        id=who.id,
+        email=claims.get("email") or None,
+        phone=claims.get("phone") or None,
+        app_metadata=claims.get("app_metadata") or {},
+        user_metadata=claims.get("user_metadata") or {},
+        is_anonymous=bool(claims.get("is_anonymous", False)),
+        profile=Profile(**dict(row)) if row else None,
+    )
+
+
+@router.post(
+    "/signup",
+    response_model=AuthUser,
+    status_code=201,
+    responses=responses(400, 403, 409, 422, 429),
+)
+async def signup(body: SignupBody, request: Request, res: Resources = Depends(resources)) -> AuthUser:
+    if not res.settings.allow_signup:
+        raise ApiError(403, "signup_disabled", "Sign-up is disabled on this server.")
+    ip = client_ip(request, res.settings.trusted_proxies)
+    await enforce_limit(res, ratelimit.LOGIN, "signup", ip)
+    try:
+        user = await res.provider.signup(body.email, body.password, body.name)
+    except AuthFailure as exc:
+        status = 409 if exc.code == "user_exists" else 422
+        raise ApiError(status, exc.code, exc.message) from None
+    await _audit(res, "signup", user.id, request)
+    return user
+
+
+@jwks_router.get("/auth/v1/.well-known/jwks.json", include_in_schema=False)
+async def jwks(res: Resources = Depends(resources)) -> JSONResponse:
+    keys = res.local_key.jwks() if res.local_key else {"keys": []}
+    return JSONResponse(keys, headers={"Cache-Control": "public, max-age=600"})

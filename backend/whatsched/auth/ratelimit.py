@@ -1,0 +1,54 @@
+"""Rate limits from the guide, counted with `limits`: in memory, or in Redis when REDIS_URL is set
+so every API process shares one count."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+LOGIN = parse("5/15 minutes")  # per client IP
+SCHEDULE = parse("10/minute")  # message sending, per user
+GROUP_CREATE = parse("5/minute")  # per user
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+
+class RateLimits:
+    def __init__(self, redis_url: str | None = None) -> None:
+        storage: Storage
+        if redis_url:
+            storage = RedisStorage("async+" + redis_url if not redis_url.startswith("async+") else redis_url)
+        else:
+            storage = MemoryStorage()
+        self.storage = storage
+        self.limiter = MovingWindowRateLimiter(storage)
+
+    async def hit(self, item: RateLimitItem, *keys: str) -> Verdict:
+        allowed = await self.limiter.hit(item, *keys)
+        stats = await self.limiter.get_window_stats(item, *keys)
+        return Verdict(allowed, item.amount, stats.remaining, stats.reset_time)
