@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 
 from whatsched import __version__
 from whatsched.api import errors
+from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
 from whatsched.api.routes import auth, health
 from whatsched.auth.keys import local_signing_key
@@ -83,7 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Content-Disposition",
         ],
     )
+    app.add_middleware(CacheHeaders)
     errors.install(app)
+    # routers: one per resource
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(auth.jwks_router)
