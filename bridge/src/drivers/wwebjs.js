@@ -67,7 +67,7 @@ export class WwebjsDriver extends BaseDriver {
   async start() {
     this.#stopped = false;
     this.#factory = this.#opts.clientFactory ?? (await realClientFactory());
-    this.#connect();
+    this.#connect({ fresh: true });
   }
 
   async stop() {
@@ -120,11 +120,12 @@ export class WwebjsDriver extends BaseDriver {
     this.#retryTimer = null;
     this.#attempt = 0;
     await this.#teardown();
-    if (!this.#stopped) this.#connect();
+    if (!this.#stopped) this.#connect({ fresh: true });
     return this.status().status;
   }
 
-  #connect() {
+  /** Build and initialize a client; a rebuild (not fresh) stays `disconnected` until it shows a QR or is ready. */
+  #connect({ fresh = false } = {}) {
     const generation = ++this.#generation;
     const client = this.#factory({
       sessionPath: this.#opts.sessionPath,
@@ -153,7 +154,7 @@ export class WwebjsDriver extends BaseDriver {
       if (delivery) this.emit('ack', { whatsapp_message_id: msg.id._serialized, ack: delivery, at: new Date().toISOString() });
     });
 
-    this._setStatus(STATUS.INITIALIZING);
+    if (fresh) this._setStatus(STATUS.INITIALIZING);
     const init = Promise.resolve()
       .then(() => client.initialize())
       .catch((err) => current() && this.#fail(`initialize failed: ${err?.message ?? err}`));
