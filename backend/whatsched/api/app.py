@@ -16,6 +16,7 @@ from whatsched.api import errors
 from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
 from whatsched.api.routes import auth, health
+from whatsched.api.routes import messages as messages_routes
 from whatsched.auth.keys import local_signing_key
 from whatsched.auth.local import LocalProvider
 from whatsched.auth.ratelimit import RateLimits
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(auth.jwks_router)
+    app.include_router(messages_routes.router)
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger() -> HTMLResponse:

@@ -1,0 +1,401 @@
+"""The messages API: CRUD, state transitions, preview, stats and the dashboard.
+
+Every route runs in the caller's transaction, so RLS decides what exists: another user's message
+is a 404 `message_not_found`. Message JSON is built in SQL (whatsched.messages.queries) and sent
+as is; the response models below document it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, Body, Depends, Query, Response
+
+from whatsched import content as text_rules
+from whatsched.api.common import PageParams, audit_action, page_params
+from whatsched.api.deps import Caller, Resources, caller, enforce_limit, resources, user_conn
+from whatsched.api.errors import ApiError, responses
+from whatsched.auth import ratelimit
+from whatsched.bridge_client import BridgeError
+from whatsched.db.pool import user_tx
+from whatsched.messages import queries
+from whatsched.messages.models import (
+    STATUSES,
+    Dashboard,
+    Message,
+    MessageCreate,
+    MessagePage,
+    MessageUpdate,
+    Preview,
+    ScheduleBody,
+    ScheduledMessage,
+    Sort,
+    Stats,
+)
+
+router = APIRouter(prefix="/api/messages", tags=["messages"])
+
+JSON = "application/json"
+BRIDGE_CHECK_TIMEOUT_S = 3.0
+PREVIEW_SAMPLE = 10
+
+
+def _json(text: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # Already serialised by Postgres: no model re-validation on the way out.
+    return Response(content=text.encode(), status_code=status, media_type=JSON, headers=headers)
+
+
+def _not_found(message_id: str) -> ApiError:
+    return ApiError(404, "message_not_found", f"Message {message_id} was not found.")
+
+
+def _clean(raw: str) -> str:
+    try:
+        return text_rules.clean(raw)
+    except text_rules.ContentError as exc:
+        raise ApiError(422, exc.code, exc.message, [{"field": "content", "message": exc.message}]) from None
+
+
+def _check_time(value: datetime | None, field: str = "scheduled_for") -> None:
+    """The guide's rules for a send time; the same ones schedule_message applies (1 minute of grace)."""
+    if value is None:
+        return
+    now = datetime.now(UTC)
+    if value < now - timedelta(minutes=1):
+        raise ApiError(
+            422, "scheduled_in_past", "scheduled_for is in the past.", [{"field": field, "message": "is in the past"}]
+        )
+    if value > now + timedelta(days=365):
+        raise ApiError(
+            422,
+            "scheduled_too_far",
+            "scheduled_for is more than one year ahead.",
+            [{"field": field, "message": "is more than one year ahead"}],
+        )
+
+
+async def _link_groups(conn: asyncpg.Connection, message_id: str, group_ids: list[UUID], replace: bool) -> bool:
+    ids = list(dict.fromkeys(str(g) for g in group_ids))
+    try:
+        return await queries.set_groups(conn, message_id, ids, replace)
+    except asyncpg.ForeignKeyViolationError:
+        # A group that does not exist or is someone else's: the same answer for both.
+        raise ApiError(
+            404,
+            "related_not_found",
+            "One of group_ids does not exist.",
+            [{"field": "group_ids", "message": "contains an unknown group"}],
+        ) from None
+
+
+async def _message_or_404(conn: asyncpg.Connection, message_id: str) -> str:
+    text = await queries.message_json(conn, message_id)
+    if text is None:
+        raise _not_found(message_id)
+    return text
+
+
+MESSAGE_ERRORS = responses(401, 404, 422)
+
+# -----------------------------------------------------------------------------------------------
+# Collection
+# -----------------------------------------------------------------------------------------------
+
+
+def _statuses(values: list[str] | None) -> list[str]:
+    wanted = [s.strip() for v in values or [] for s in v.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STATUSES]
+    if unknown:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"Unknown status {unknown[0]!r}; expected one of {', '.join(STATUSES)}.",
+            [{"field": "status", "message": f"unknown status {unknown[0]!r}"}],
+        )
+    return list(dict.fromkeys(wanted))
+
+
+@router.get("", response_model=MessagePage, responses=responses(401, 403, 422))
+async def list_messages(
+    status: list[str] | None = Query(None, description="Repeat or comma-separate: draft,scheduled,..."),
+    q: str | None = Query(None, max_length=200, description="Text in the content (case-insensitive)"),
+    scheduled_from: datetime | None = Query(None, alias="from", description="scheduled_for ≥ this"),
+    scheduled_to: datetime | None = Query(None, alias="to", description="scheduled_for < this"),
+    created_from: datetime | None = Query(None),
+    created_to: datetime | None = Query(None),
+    group_id: UUID | None = Query(None),
+    sort: Sort = Query("-created_at"),
+    scope: Literal["mine", "all"] = Query("mine", description="all: every user's messages (admins only)"),
+    paging: PageParams = Depends(page_params),
+    who: Caller = Depends(caller),
+    conn: asyncpg.Connection = Depends(user_conn),
+) -> Response:
+    """Your messages, newest first by default. Times without offset are read in your timezone."""
+    filters = queries.ListFilters(statuses=_statuses(status), q=q or None, group_id=str(group_id) if group_id else None)
+    filters.scheduled_from, filters.scheduled_to, filters.created_from, filters.created_to = await queries.localize(
+        conn, scheduled_from, scheduled_to, created_from, created_to
+    )
+    if scope == "all":
+        if not await queries.is_admin(conn):
+            raise ApiError(403, "forbidden", "Only an admin can list every user's messages.")
+        filters.everyone = True
+        await audit_action(conn, who, "message.read_all", "message", None, {"q": q or ""})
+    text = await queries.list_messages(conn, filters, sort, paging.page, paging.page_size)
+    return _json(text)
+
+
+@router.post("", response_model=Message, status_code=201, responses=responses(400, 401, 404, 422))
+async def create_message(
+    body: MessageCreate, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+) -> Response:
+    """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found."""
+    text = _clean(body.content)
+    (at,) = await queries.localize(conn, body.scheduled_for)
+    _check_time(at)
+    message_id = await queries.insert_message(conn, text, at, body.recurrence)
+    await _link_groups(conn, message_id, body.group_ids, replace=False)
+    await audit_action(conn, who, "message.create", "message", message_id)
+    return _json(await _message_or_404(conn, message_id), 201)
+
+
+# Declared before /{message_id} so "dashboard" is never read as an id.
+@router.get("/dashboard", response_model=Dashboard, responses=responses(401, 403, 422))
+async def dashboard(
+    scope: Literal["mine", "all"] = Query("mine", description="all: every user (admins only)"),
+    who: Caller = Depends(caller),
+    conn: asyncpg.Connection = Depends(user_conn),
+) -> Response:
+    """public.dashboard_counts plus sends and failures per day over the last 30 days."""
+    everyone = scope == "all"
+    if everyone:
+        if not await queries.is_admin(conn):
+            raise ApiError(403, "forbidden", "Only an admin can read everyone's dashboard.")
+        await audit_action(conn, who, "analytics.read_all", "dashboard", None, {"route": "/api/messages/dashboard"})
+    return _json(await queries.dashboard_json(conn, everyone))
+
+
+# -----------------------------------------------------------------------------------------------
+# One message
+# -----------------------------------------------------------------------------------------------
+
+
+@router.get(
+    "/{message_id}",
+    response_model=Message,
+    responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
+)
+async def get_message(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+    """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
+    return _json(await _message_or_404(conn, str(message_id)))
+
+
+@router.put("/{message_id}", response_model=Message, responses=responses(400, 401, 404, 409, 422))
+async def update_message(
+    message_id: UUID,
+    body: MessageUpdate,
+    who: Caller = Depends(caller),
+    conn: asyncpg.Connection = Depends(user_conn),
+) -> Response:
+    """Partial update of content, group_ids, scheduled_for and recurrence. Only draft, scheduled
+    and paused messages can be edited (409 not_editable otherwise)."""
+    mid = str(message_id)
+    sent = body.model_fields_set
+    changes: dict[str, Any] = {}
+    if "content" in sent:
+        changes["content"] = _clean(body.content)
+    if "scheduled_for" in sent:
+        (at,) = await queries.localize(conn, body.scheduled_for)
+        _check_time(at)
+        changes["scheduled_for"] = at
+    if "recurrence" in sent:
+        changes["recurrence"] = body.recurrence
+    if not await queries.update_message(conn, mid, changes):
+        raise _not_found(mid)
+    if "group_ids" in sent and await _link_groups(conn, mid, body.group_ids, replace=True) and not changes:
+        await queries.touch(conn, mid)
+    await audit_action(conn, who, "message.update", "message", mid, {"fields": sorted(sent)})
+    return _json(await _message_or_404(conn, mid))
+
+
+@router.delete("/{message_id}", status_code=204, response_class=Response, responses=responses(401, 404, 409, 422))
+async def delete_message(
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+) -> Response:
+    """Refused while sending (409 message_sending): pause or cancel it first."""
+    mid = str(message_id)
+    was = await queries.delete_message(conn, mid)
+    if was is None:
+        raise _not_found(mid)
+    if was == "sending":
+        raise ApiError(409, "message_sending", "The message is being sent; pause or cancel it before deleting it.")
+    await audit_action(conn, who, "message.delete", "message", mid, {"status": was})
+    return Response(status_code=204)
+
+
+# -----------------------------------------------------------------------------------------------
+# Transitions
+# -----------------------------------------------------------------------------------------------
+
+
+async def _whatsapp_connected(res: Resources) -> bool:
+    try:
+        state = await asyncio.wait_for(res.bridge.status(), BRIDGE_CHECK_TIMEOUT_S)
+    except (BridgeError, TimeoutError):
+        return False
+    return state.get("status") == "connected"
+
+
+@router.post(
+    "/{message_id}/schedule",
+    response_model=ScheduledMessage,
+    responses=responses(400, 401, 404, 409, 422, 429),
+)
+async def schedule_message(
+    message_id: UUID,
+    body: ScheduleBody | None = Body(None),
+    who: Caller = Depends(caller),
+    res: Resources = Depends(resources),
+) -> Response:
+    """draft → scheduled. Runs the spam guard first (422 spam_suspected). When WhatsApp is not
+    connected the message is still scheduled; the answer warns and a notification is created.
+    Limited to 10 per minute per user (429 with Retry-After)."""
+    limit_headers = await enforce_limit(res, ratelimit.SCHEDULE, "schedule", who.id)
+    mid = str(message_id)
+    # Ask the bridge before opening the transaction: a slow bridge must not hold a database connection.
+    connected = await _whatsapp_connected(res)
+    async with user_tx(res.pool, who.claims) as conn:
+        (at,) = await queries.localize(conn, body.scheduled_for if body else None)
+        facts = await queries.spam_facts(conn, mid, at)
+        if facts is None:
+            raise _not_found(mid)
+        rules = text_rules.spam_rules(
+            facts["content"],
+            text_rules.SpamFacts(
+                duplicate_recent=facts["duplicate_recent"],
+                deliveries_last_24h=facts["deliveries_last_24h"],
+                recipients=facts["recipients"],
+                daily_cap=res.settings.send_daily_cap,
+            ),
+        )
+        if rules:
+            raise ApiError(
+                422,
+                "spam_suspected",
+                f"The message looks like spam ({', '.join(rules)}); change it before scheduling.",
+                [{"field": rule, "message": text_rules.RULE_MESSAGES[rule]} for rule in rules],
+                headers=limit_headers,
+            )
+        await conn.execute("select public.schedule_message($1::uuid, $2::timestamptz)", mid, at)
+        warnings = [] if connected else ["whatsapp_disconnected"]
+        if not connected:
+            await queries.notify(
+                conn,
+                "warning",
+                "WhatsApp desconectado",
+                "El mensaje quedó programado, pero WhatsApp no está conectado: conéctalo antes de la hora de envío.",
+                "message",
+                mid,
+            )
+        await audit_action(conn, who, "message.schedule", "message", mid, {"warnings": warnings})
+        text = await _message_or_404(conn, mid)
+    return _json(queries.with_warnings(text, warnings), headers=limit_headers)
+
+
+async def _transition(conn: asyncpg.Connection, who: Caller, message_id: UUID, verb: str) -> str:
+    mid = str(message_id)
+    # verb is one of our four literals, never user input.
+    await conn.execute(f"select public.{verb}_message($1::uuid)", mid)
+    await audit_action(conn, who, f"message.{verb}", "message", mid)
+    return await _message_or_404(conn, mid)
+
+
+TRANSITION_ERRORS = responses(401, 404, 409, 422)
+
+
+@router.post("/{message_id}/pause", response_model=Message, responses=TRANSITION_ERRORS)
+async def pause_message(
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+) -> Response:
+    """scheduled | sending → paused (409 invalid_transition otherwise)."""
+    return _json(await _transition(conn, who, message_id, "pause"))
+
+
+@router.post("/{message_id}/resume", response_model=Message, responses=TRANSITION_ERRORS)
+async def resume_message(
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+) -> Response:
+    """paused → scheduled (nothing sent yet) or sending (409 invalid_transition otherwise)."""
+    return _json(await _transition(conn, who, message_id, "resume"))
+
+
+@router.post("/{message_id}/cancel", response_model=Message, responses=TRANSITION_ERRORS)
+async def cancel_message(
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+) -> Response:
+    """draft | scheduled | paused | sending → cancelled; pending deliveries are cancelled too."""
+    return _json(await _transition(conn, who, message_id, "cancel"))
+
+
+@router.post("/{message_id}/duplicate", response_model=Message, status_code=201, responses=TRANSITION_ERRORS)
+async def duplicate_message(
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+) -> Response:
+    """A new draft with the same content, groups and recurrence."""
+    copy_id = await conn.fetchval("select id from public.duplicate_message($1::uuid)", str(message_id))
+    await audit_action(conn, who, "message.duplicate", "message", str(copy_id), {"source": str(message_id)})
+    return _json(await _message_or_404(conn, str(copy_id)), 201)
+
+
+# -----------------------------------------------------------------------------------------------
+# Preview and stats
+# -----------------------------------------------------------------------------------------------
+
+
+@router.get("/{message_id}/preview", response_model=Preview, responses=MESSAGE_ERRORS)
+async def preview_message(
+    message_id: UUID, res: Resources = Depends(resources), conn: asyncpg.Connection = Depends(user_conn)
+) -> Response:
+    """Who the message reaches now (de-duplicated by phone), who is left out and why, the text a
+    sample of up to 10 recipients will receive, and the spam guard's verdict."""
+    mid = str(message_id)
+    facts = await queries.spam_facts(conn, mid, None)
+    if facts is None:
+        raise _not_found(mid)
+    numbers = await queries.preview_numbers(conn, mid, PREVIEW_SAMPLE)
+    rules = text_rules.spam_rules(
+        facts["content"],
+        text_rules.SpamFacts(
+            duplicate_recent=facts["duplicate_recent"],
+            deliveries_last_24h=facts["deliveries_last_24h"],
+            recipients=facts["recipients"],
+            daily_cap=res.settings.send_daily_cap,
+        ),
+    )
+    sample = json.loads(numbers["sample"])
+    body = {
+        "message_id": mid,
+        "content": facts["content"],
+        "recipients": [{**r, "content": text_rules.render(facts["content"], r["name"])} for r in sample],
+        "recipient_count": numbers["recipient_count"],
+        "excluded": {
+            "inactive": numbers["inactive"],
+            "opted_out": numbers["opted_out"],
+            "duplicates": numbers["duplicates"],
+        },
+        "spam": {"verdict": "suspected" if rules else "ok", "rules": rules},
+    }
+    return _json(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+
+
+@router.get("/{message_id}/stats", response_model=Stats, responses=MESSAGE_ERRORS)
+async def message_stats(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+    """Deliveries per state, success rate, first/last send and a per-minute timeline (UTC minutes)."""
+    text = await queries.stats_json(conn, str(message_id))
+    if text is None:
+        raise _not_found(str(message_id))
+    return _json(text)
