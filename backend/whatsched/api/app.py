@@ -17,6 +17,7 @@ from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
 from whatsched.api.routes import auth, health
 from whatsched.api.routes import messages as messages_routes
+from whatsched.api.routes import ws as ws_routes
 from whatsched.auth.keys import local_signing_key
 from whatsched.auth.local import LocalProvider
 from whatsched.auth.ratelimit import RateLimits
@@ -27,6 +28,7 @@ from whatsched.config import Settings, get_settings
 from whatsched.db import pool as db_pool
 from whatsched.db.setup import resolve_app_url
 from whatsched.errors import ConfigError
+from whatsched.realtime import Hub, RealtimeSettings
 
 
 def build_resources(settings: Settings, pool: asyncpg.Pool, bridge: BridgeClient) -> Resources:
@@ -55,9 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await db_pool.create_pool(url, min_size=2, max_size=10)
         bridge = BridgeClient(settings.effective_bridge_url, settings.bridge_token, timeout_s=10)
         app.state.resources = build_resources(settings, pool, bridge)
+        # One LISTEN connection per process relays database events to this process's sockets.
+        app.state.hub = hub = Hub(url, pool, RealtimeSettings())
+        await hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             await bridge.close()
             await pool.close()
 
@@ -92,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(auth.jwks_router)
     app.include_router(messages_routes.router)
+    app.include_router(ws_routes.router)
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger() -> HTMLResponse:

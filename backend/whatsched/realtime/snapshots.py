@@ -1,0 +1,40 @@
+"""A message's current status and progress as frames: what a subscriber receives first, and again
+after the event stream was interrupted, so it never shows a stale state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from whatsched.db.pool import service_tx, user_tx
+from whatsched.realtime import protocol
+
+_COLUMNS = """
+  id::text as id, status, recipient_count, delivered_count, failed_count,
+  to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as timestamp
+"""
+
+
+def frames(row: Mapping[str, Any]) -> list[str]:
+    return [
+        protocol.status_update(row["id"], row["status"], row["timestamp"]),
+        protocol.progress(row["id"], row["delivered_count"], row["recipient_count"], row["failed_count"]),
+    ]
+
+
+async def for_user(pool: asyncpg.Pool, claims: Mapping[str, Any], message_id: str) -> list[str] | None:
+    """The snapshot as the user sees it (RLS): None when the message is not theirs to see."""
+    async with user_tx(pool, claims) as conn:
+        row = await conn.fetchrow(f"select {_COLUMNS} from public.messages where id = $1::uuid", message_id)
+    return None if row is None else frames(row)
+
+
+async def for_service(pool: asyncpg.Pool, message_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Snapshots of messages whose subscriptions were already authorised, in one query."""
+    if not message_ids:
+        return {}
+    async with service_tx(pool) as conn:
+        rows = await conn.fetch(f"select {_COLUMNS} from public.messages where id = any($1::uuid[])", list(message_ids))
+    return {row["id"]: frames(row) for row in rows}
