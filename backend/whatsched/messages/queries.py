@@ -21,8 +21,9 @@ def _ts(expr: str) -> str:
     return f"""to_char({expr} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
-# The guide's message shape. Before fan-out recipient_count is the live audience
-# (public.message_audiences caches public.message_recipient_count, kept exact by triggers).
+# The guide's message shape, over a relation `m` of messages left-joined to `grp` (groups_of).
+# Before fan-out recipient_count is the live audience (public.message_audiences caches
+# public.message_recipient_count, kept exact by triggers).
 MESSAGE_JSON = f"""json_build_object(
   'id', m.id,
   'content', m.content,
@@ -33,23 +34,30 @@ MESSAGE_JSON = f"""json_build_object(
   'updated_at', {_ts("m.updated_at")},
   'sent_at', {_ts("m.sent_at")},
   'recipient_count', case when m.status in ('draft', 'scheduled', 'paused') and m.recipient_count = 0
-                          then coalesce(aud.recipients, 0) else m.recipient_count end,
+                          then coalesce((select a.recipients from public.message_audiences a where a.message_id = m.id), 0)
+                          else m.recipient_count end,
   'delivered_count', m.delivered_count,
   'failed_count', m.failed_count,
   'created_by', m.created_by,
   'recurrence', m.recurrence
 )"""
 
-MESSAGE_JOINS = """
-left join lateral (
-  select json_agg(json_build_object('id', g.id, 'name', g.name, 'contact_count', g.contact_count)
-                  order by g.name, g.id) as groups
-  from public.message_groups mg join public.groups g on g.id = mg.group_id
-  where mg.message_id = m.id
-) grp on true
-left join public.message_audiences aud on aud.message_id = m.id"""
 
-ONE_MESSAGE = f"select {MESSAGE_JSON}::text from public.messages m {MESSAGE_JOINS} where m.id = $1::uuid"
+def groups_of(messages: str) -> str:
+    """Each message's groups as one JSON array, for the messages in the relation `messages` (one pass)."""
+    return f"""select mg.message_id,
+         json_agg(json_build_object('id', g.id, 'name', g.name, 'contact_count', g.contact_count)
+                  order by g.name, g.id) as groups
+  from {messages} p
+  join public.message_groups mg on mg.message_id = p.id
+  join public.groups g on g.id = mg.group_id
+  group by mg.message_id"""
+
+
+ONE_MESSAGE = f"""
+with m as (select * from public.messages where id = $1::uuid),
+grp as ({groups_of("m")})
+select {MESSAGE_JSON}::text from m left join grp on grp.message_id = m.id"""
 
 _SORTS = {
     "created_at": "m.created_at, m.id",
@@ -131,9 +139,11 @@ def list_query(f: ListFilters, sort: str, page: int, page_size: int) -> tuple[st
     sql = f"""
 with page as (
   select m.* from public.messages m where {condition} order by {order} limit {limit} offset {offset}
-)
+),
+grp as ({groups_of("page")})
 select json_build_object(
-  'items', coalesce((select json_agg({MESSAGE_JSON} order by {order}) from page m {MESSAGE_JOINS}), '[]'::json),
+  'items', coalesce((select json_agg({MESSAGE_JSON} order by {order})
+                     from page m left join grp on grp.message_id = m.id), '[]'::json),
   'total', {total},
   'page', {arg(page)}::integer,
   'page_size', {limit}::integer

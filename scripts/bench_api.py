@@ -1,0 +1,252 @@
+"""Benchmark the messages API's hot reads against the same queries run directly.
+
+    .venv/bin/python scripts/bench_api.py [--duration 10] [--concurrency 50]
+
+Creates a throwaway database (on DATABASE_URL's server, or an embedded PostgreSQL it starts),
+seeds one user with 10,000 messages and 50,000 contacts in 50 groups, starts the API as a real
+process (uvicorn, one worker), and drives GET /api/messages?page=1 and GET /api/messages/{id}
+with N concurrent keep-alive clients (aiohttp) for D seconds each. Then it runs the same SQL
+directly with asyncpg, in the same RLS transaction (role authenticated + claims), as the floor.
+Prints requests/s and p50/p99 latency for each, and the API/direct throughput ratio.
+Target on a 2-core machine: p99 < 50 ms and >= 1,000 req/s, within 3x of direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from whatsched.auth.keys import local_signing_key
+from whatsched.auth.local import LocalProvider
+from whatsched.config import Settings
+from whatsched.db.embedded import EmbeddedPostgres, free_port
+from whatsched.db.pool import create_pool, user_tx
+from whatsched.db.setup import prepare
+from whatsched.messages import queries
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SEED = [
+    """insert into public.contacts (created_by, name, phone, is_active, opted_out_at, created_at)
+       select $1, 'Contact ' || i, '+1555' || lpad(i::text, 7, '0'), i % 50 <> 0,
+              case when i % 97 = 0 then now() end, now() - make_interval(mins => i)
+       from generate_series(1, $2::integer) i""",
+    """insert into public.groups (created_by, name, description)
+       select $1, 'Group ' || lpad(g::text, 2, '0'), 'bench group ' || g from generate_series(1, 50) g""",
+    # Every contact in one group; one in ten also in a second (overlaps make de-duplication real).
+    """with g as (select id, row_number() over (order by name) - 1 as n from public.groups where created_by = $1),
+            c as (select id, row_number() over (order by phone) as i from public.contacts where created_by = $1)
+       insert into public.group_contacts (group_id, contact_id, created_by)
+       select g.id, c.id, $1 from c join g on g.n = c.i % 50
+       union all
+       select g.id, c.id, $1 from c join g on g.n = (c.i / 10) % 50
+       where c.i % 10 = 0 and (c.i / 10) % 50 <> c.i % 50""",
+    # A year of messages, one an hour: the newest 200 drafts/scheduled/paused (live audience),
+    # the rest sent, failed or cancelled with their counters.
+    """insert into public.messages (created_by, content, status, scheduled_for, sent_at, recipient_count,
+                                    delivered_count, failed_count, created_at, updated_at)
+       select $1, 'Hola {{name}}, este es el aviso número ' || i || ' de la semana.', s.status,
+              case when s.status <> 'draft' then now() - make_interval(hours => i - 400) end,
+              case when s.status in ('sent', 'failed') then now() - make_interval(hours => i - 400) end,
+              case when s.status in ('sent', 'failed', 'cancelled') then 1000 else 0 end,
+              case when s.status = 'sent' then 980 when s.status = 'failed' then 10 else 0 end,
+              case when s.status = 'sent' then 20 when s.status = 'failed' then 990 else 0 end,
+              now() - make_interval(hours => i), now() - make_interval(hours => i)
+       from generate_series(1, $2::integer) i
+       cross join lateral (select case
+         when i <= 200 then (array['draft', 'scheduled', 'paused'])[1 + i % 3]
+         when i % 20 = 0 then 'failed' when i % 15 = 0 then 'cancelled' else 'sent' end as status) s""",
+    """with m as (select id, row_number() over (order by created_at) as i from public.messages where created_by = $1),
+            g as (select id, row_number() over (order by name) - 1 as n from public.groups where created_by = $1)
+       insert into public.message_groups (message_id, group_id, created_by)
+       select m.id, g.id, $1 from m join g on g.n = m.i % 50 or (m.i % 3 = 0 and g.n = (m.i + 7) % 50)""",
+]
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
+
+
+async def drive(call: Callable[[], Awaitable[None]], concurrency: int, duration: float) -> tuple[float, list[float]]:
+    """`concurrency` workers call `call` back to back for `duration` seconds; returns (req/s, latencies)."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies) / (time.perf_counter() - start), latencies
+
+
+def report(name: str, rate: float, lat: list[float]) -> None:
+    print(
+        f"  {name:<34} {len(lat):>7} req  {rate:>8.0f} req/s  p50 {pct(lat, 0.50):6.2f} ms"
+        f"  p99 {pct(lat, 0.99):6.2f} ms  max {max(lat) * 1000:7.2f} ms",
+        flush=True,
+    )
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--messages", type=int, default=10_000)
+    ap.add_argument("--contacts", type=int, default=50_000)
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory(prefix="whatsched-bench-")
+    data_dir = Path(tmp.name)
+    embedded = None
+    server = os.environ.get("DATABASE_URL")
+    if not server:
+        embedded = EmbeddedPostgres(data_dir / "postgres", free_port())
+        embedded.start()
+        server = embedded.url
+    name = "whatsched_bench_" + secrets.token_hex(4)
+    conn = await asyncpg.connect(server)
+    await conn.execute(f'create database "{name}"')
+    await conn.close()
+    db_url = with_database(server, name)
+    api: asyncio.subprocess.Process | None = None
+    try:
+        prepared = await prepare(Settings(_env_file=None, database_url=db_url, data_dir=data_dir))  # type: ignore[call-arg]
+        port = free_port()
+        public_url = f"http://127.0.0.1:{port}"
+        key = local_signing_key(data_dir, None)
+        pool = await create_pool(prepared.app_url, min_size=10, max_size=10)
+        provider = LocalProvider(pool, key, public_url + "/auth/v1", 3600, 30)
+        await provider.create_user("bench@example.com", "bench password 1")
+        session = await provider.login("bench@example.com", "bench password 1", "127.0.0.1", "bench")
+        user_id = session.user.id
+
+        started = time.perf_counter()
+        admin = await asyncpg.connect(prepared.admin_url)
+        for i, sql in enumerate(SEED):
+            n = args.contacts if i == 0 else args.messages
+            await admin.execute(sql, user_id, n) if "$2" in sql else await admin.execute(sql, user_id)
+        await admin.execute("vacuum analyze")
+        ids = [str(r["id"]) for r in await admin.fetch("select id from public.messages where created_by = $1", user_id)]
+        await admin.close()
+        print(
+            f"seeded {len(ids)} messages, {args.contacts} contacts in {time.perf_counter() - started:.1f} s", flush=True
+        )
+
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "APP_DATABASE_URL": prepared.app_url,
+            "DATA_DIR": str(data_dir),
+            "PUBLIC_URL": public_url,
+            "BRIDGE_URL": "http://127.0.0.1:9",
+        }
+        command = ["-m", "uvicorn", "--factory", "whatsched.api.app:app", "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--workers", "1", "--no-access-log", "--log-level", "warning"]
+        api = await asyncio.create_subprocess_exec(sys.executable, *command, env=env, cwd=ROOT)
+        print(f"API process {api.pid} on {public_url}", flush=True)
+        headers = {"Authorization": f"Bearer {session.access_token}"}
+        connector = aiohttp.TCPConnector(limit=args.concurrency, keepalive_timeout=60)
+        async with aiohttp.ClientSession(public_url, headers=headers, connector=connector) as http:
+            for _ in range(200):
+                try:
+                    async with http.get("/api/messages?page=1") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise SystemExit("the API did not start")
+
+            async def get(path: str) -> None:
+                async with http.get(path) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise SystemExit(f"{path} answered {resp.status}")
+
+            async def api_list() -> None:
+                await get("/api/messages?page=1")
+
+            async def api_one() -> None:
+                await get("/api/messages/" + random.choice(ids))
+
+            async def warm() -> None:
+                await drive(api_list, args.concurrency, 1.0)
+                await drive(api_one, args.concurrency, 1.0)
+
+            await warm()
+            print(f"API ({args.concurrency} clients, {args.duration:.0f} s each):", flush=True)
+            list_rate, list_lat = await drive(api_list, args.concurrency, args.duration)
+            report("GET /api/messages?page=1", list_rate, list_lat)
+            one_rate, one_lat = await drive(api_one, args.concurrency, args.duration)
+            report("GET /api/messages/{id}", one_rate, one_lat)
+
+        api.terminate()
+        await asyncio.wait_for(api.wait(), 15)
+        api = None
+
+        claims = {"sub": user_id, "role": "authenticated", "email": "bench@example.com"}
+        list_sql, list_args = queries.list_query(queries.ListFilters(), "-created_at", 1, 20)
+
+        async def direct_list() -> None:
+            async with user_tx(pool, claims) as conn:
+                await conn.fetchval(list_sql, *list_args)
+
+        async def direct_one() -> None:
+            async with user_tx(pool, claims) as conn:
+                await conn.fetchval(queries.ONE_MESSAGE, random.choice(ids))
+
+        await drive(direct_list, args.concurrency, 1.0)
+        print(f"direct asyncpg, same SQL and RLS transaction (pool of 10, {args.concurrency} tasks):", flush=True)
+        d_list_rate, d_list_lat = await drive(direct_list, args.concurrency, args.duration)
+        report("list page 1", d_list_rate, d_list_lat)
+        d_one_rate, d_one_lat = await drive(direct_one, args.concurrency, args.duration)
+        report("one message", d_one_rate, d_one_lat)
+        await pool.close()
+
+        print("API / direct throughput:")
+        print(f"  list {list_rate / d_list_rate:.2f}   one {one_rate / d_one_rate:.2f}")
+        ok = all(
+            (rate >= 1000 and pct(lat, 0.99) < 50 and rate * 3 >= direct)
+            for rate, lat, direct in ((list_rate, list_lat, d_list_rate), (one_rate, one_lat, d_one_rate))
+        )
+        mean_list = statistics.fmean(list_lat) * 1000
+        print(f"target (>= 1000 req/s, p99 < 50 ms, within 3x of direct): {'met' if ok else 'MISSED'}"
+              f"  (mean list latency {mean_list:.2f} ms)")  # fmt: skip
+    finally:
+        if api is not None:
+            api.terminate()
+            await asyncio.wait_for(api.wait(), 15)
+        conn = await asyncpg.connect(server)
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+        await conn.close()
+        if embedded is not None:
+            embedded.remove()
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
