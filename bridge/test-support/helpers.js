@@ -56,6 +56,7 @@ export async function request(baseUrl, method, route, body, headers = {}) {
     method,
     headers: { authorization: `Bearer ${TOKEN}`, ...headers },
     body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    signal: AbortSignal.timeout(15_000), // a hung bridge fails the test instead of hanging it
   });
   const text = await res.text();
   let parsed = text;
@@ -70,6 +71,20 @@ export async function request(baseUrl, method, route, body, headers = {}) {
 /** Poll `check` until it returns a truthy value or `timeoutMs` passes. */
 export async function waitFor(check, { timeoutMs = 5000, intervalMs = 10, what = 'condition' } = {}) {
   const deadline = Date.now() + timeoutMs;
+  let timer;
+  const expired = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs + 1000);
+  });
+  const polling = poll(check, deadline, intervalMs, timeoutMs, what);
+  polling.catch(() => {}); // if `expired` wins, polling ends by itself at its next deadline check
+  try {
+    return await Promise.race([polling, expired]); // bounded even if check() hangs
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function poll(check, deadline, intervalMs, timeoutMs, what) {
   for (;;) {
     const value = await check();
     if (value) return value;
@@ -124,7 +139,7 @@ export async function spawnBridge(t, env) {
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
   t.after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    return exited;
+    return Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
   });
   const url = await Promise.race([
     waitFor(() => /listening on (http:\/\/\S+)/.exec(output)?.[1], { timeoutMs: 10_000, what: 'bridge to listen' }),

@@ -195,7 +195,14 @@ export class WwebjsDriver extends BaseDriver {
     if (!client) return;
     client.removeAllListeners();
     // Destroying while puppeteer is still launching would miss the browser it is about to create.
-    if (initializing) await withTimeout(initializing, DESTROY_TIMEOUT_MS, 'initialize').catch(() => {});
+    if (initializing) {
+      const settled = await withTimeout(initializing, DESTROY_TIMEOUT_MS, 'initialize').then(() => true, () => false);
+      if (!settled) initializing.then(() => this.#destroy(client)); // a launch that returns late is destroyed then
+    }
+    await this.#destroy(client);
+  }
+
+  async #destroy(client) {
     try {
       await withTimeout(client.destroy(), DESTROY_TIMEOUT_MS, 'destroy');
     } catch (err) {
@@ -206,8 +213,8 @@ export class WwebjsDriver extends BaseDriver {
         // the browser was already gone
       }
     }
-    // Only a real client owns a profile directory with browsers in it.
-    if (!this.#opts.clientFactory && findBrowserPids(this.userDataDir).length > 0) {
+    // Only a real client owns a profile directory with browsers in it; never touch the next client's.
+    if (!this.#opts.clientFactory && !this.#client && findBrowserPids(this.userDataDir).length > 0) {
       const killed = killBrowserProcesses(this.userDataDir);
       this.#opts.log(`bridge: killed ${killed} leftover chromium process(es)`);
     }
