@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import secrets
@@ -28,14 +29,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
+import jwt
 
 from whatsched.auth.keys import local_signing_key
 from whatsched.auth.local import LocalProvider
 from whatsched.config import Settings
+from whatsched.db import pool as db_pool
 from whatsched.db.embedded import EmbeddedPostgres, free_port
-from whatsched.db.pool import create_pool, user_tx
+from whatsched.db.pool import create_pool
 from whatsched.db.setup import prepare
 from whatsched.messages import queries
+from whatsched.messages import session as hot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,16 +212,25 @@ async def main() -> None:
         await asyncio.wait_for(api.wait(), 15)
         api = None
 
-        claims = {"sub": user_id, "role": "authenticated", "email": "bench@example.com"}
+        # The floor: the API's own transaction shape (BEGIN + claims in one batch, no session reset).
+        direct = await asyncpg.create_pool(
+            prepared.app_url, min_size=10, max_size=10, init=db_pool._init_connection, reset=hot._no_session_state
+        )
+        claims = jwt.decode(session.access_token, options={"verify_signature": False})  # what the API hands Postgres
+        begin = hot._begin_sql(hot.sql_literal(json.dumps(claims)))
         list_sql, list_args = queries.list_query(queries.ListFilters(), "-created_at", 1, 20)
 
+        async def in_tx(sql: str, *values: object) -> None:
+            async with direct.acquire() as conn:
+                await conn.execute(begin)
+                await conn.fetchval(sql, *values)
+                await conn.execute("commit")
+
         async def direct_list() -> None:
-            async with user_tx(pool, claims) as conn:
-                await conn.fetchval(list_sql, *list_args)
+            await in_tx(list_sql, *list_args)
 
         async def direct_one() -> None:
-            async with user_tx(pool, claims) as conn:
-                await conn.fetchval(queries.ONE_MESSAGE, random.choice(ids))
+            await in_tx(queries.ONE_MESSAGE, random.choice(ids))
 
         await drive(direct_list, args.concurrency, 1.0)
         print(f"direct asyncpg, same SQL and RLS transaction (pool of 10, {args.concurrency} tasks):", flush=True)
@@ -225,6 +238,7 @@ async def main() -> None:
         report("list page 1", d_list_rate, d_list_lat)
         d_one_rate, d_one_lat = await drive(direct_one, args.concurrency, args.duration)
         report("one message", d_one_rate, d_one_lat)
+        await direct.close()
         await pool.close()
 
         print("API / direct throughput:")

@@ -685,15 +685,13 @@ async def fan_out(admin: asyncpg.Connection, message_id: str) -> None:
     await admin.execute("update messages set scheduled_for = '2000-01-01' where id = $1", message_id)
     async with admin.transaction():
         await admin.execute("set local role service_role")
-        # (worker, limit) returning ids since the dispatcher's batches; (worker, limit, lease) returning rows before.
-        arity = await admin.fetchval(
-            "select max(pronargs) from pg_proc where proname = 'claim_messages' and pronamespace = 'private'::regnamespace"
+        # The dispatcher's claim has changed shape over time: (worker, limit[, seconds]) returning ids or rows.
+        returns, nargs = await admin.fetchrow(
+            "select prorettype::regtype::text, pronargs from pg_proc"
+            " where proname = 'claim_messages' and pronamespace = 'private'::regnamespace order by oid desc limit 1"
         )
-        claim = (
-            "select c::text as id from private.claim_messages('pytest', 1) c"
-            if arity == 2
-            else "select c.id::text as id from private.claim_messages('pytest', 1, 60) c"
-        )
+        call = "private.claim_messages('pytest', 1" + (", 60)" if nargs == 3 else ")")
+        claim = f"select c::text as id from {call} c" if returns == "uuid" else f"select c.id::text as id from {call} c"
         claimed = await admin.fetch(claim)
     assert [r["id"] for r in claimed] == [message_id]
 

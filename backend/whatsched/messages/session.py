@@ -7,7 +7,11 @@ with role `authenticated` and request.jwt.claims, so RLS decides. Three differen
     ES256 signature is the single most expensive step of a cached read. A token is never
     re-verified later than it could have been revoked by expiry, so nothing is accepted that the
     verifier would refuse, except within CLAIMS_TTL_S of a JWKS key being withdrawn;
-  - BEGIN and the two set_config calls travel in one round trip (a simple-protocol batch).
+  - BEGIN and the two set_config calls travel in one round trip (a simple-protocol batch);
+  - transactions run on the messages API's own pool (`lifespan`), whose connections skip asyncpg's
+    session reset (UNLISTEN, RESET ALL...: one more round trip per request). Nothing here sets
+    session state: role and claims are transaction-local, and asyncpg still rolls back any
+    transaction left open before a connection returns to the pool.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from fastapi import Depends, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 
 from whatsched.api.common import PageParams
 from whatsched.api.deps import Caller, Resources, bearer_token, verify_token
 from whatsched.auth.client_ip import client_ip
+from whatsched.db import pool as db_pool
+from whatsched.db.setup import resolve_app_url
 
 CLAIMS_TTL_S = 60.0
 MAX_CACHED_TOKENS = 10_000
@@ -38,6 +45,29 @@ def sql_literal(text: str) -> str:
 
 def _begin_sql(literal: str) -> str:
     return f"begin; select set_config('role', 'authenticated', true), set_config('request.jwt.claims', {literal}, true)"
+
+
+POOL_SIZE = 10
+
+
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """asyncpg's own _reset already rolled back any open transaction; there is nothing else to undo."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Runs inside the app's lifespan (FastAPI nests a router's), so resources already exist."""
+    res: Resources = app.state.resources
+    url = await resolve_app_url(res.settings)
+    pool = await asyncpg.create_pool(
+        url, min_size=2, max_size=POOL_SIZE, init=db_pool._init_connection, reset=_no_session_state, command_timeout=60
+    )
+    assert pool is not None
+    app.state.messages_pool = pool
+    try:
+        yield
+    finally:
+        await pool.close()
 
 
 async def resources(request: Request) -> Resources:
@@ -72,11 +102,12 @@ async def caller(request: Request, res: Resources = Depends(resources)) -> Calle
 
 
 async def user_conn(
-    who: Caller = Depends(caller), res: Resources = Depends(resources)
+    request: Request, who: Caller = Depends(caller), res: Resources = Depends(resources)
 ) -> AsyncIterator[asyncpg.Connection]:
     """A transaction as the caller: committed when the route returns, rolled back if it raises."""
     _, literal = await _claims(res, who.token)
-    async with res.pool.acquire() as conn:
+    pool: asyncpg.Pool = request.app.state.messages_pool
+    async with pool.acquire() as conn:
         await conn.execute(_begin_sql(literal))
         try:
             yield conn

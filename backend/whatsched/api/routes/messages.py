@@ -37,9 +37,9 @@ from whatsched.messages.models import (
     Sort,
     Stats,
 )
-from whatsched.messages.session import caller, page_params, resources, user_conn
+from whatsched.messages.session import caller, lifespan, page_params, resources, user_conn
 
-router = APIRouter(prefix="/api/messages", tags=["messages"])
+router = APIRouter(prefix="/api/messages", tags=["messages"], lifespan=lifespan)
 
 JSON = "application/json"
 BRIDGE_CHECK_TIMEOUT_S = 3.0
