@@ -325,3 +325,22 @@ test('stop() during initialize() waits for the launch to settle before destroyin
   await driver.stop();
   assert.deepEqual(order, ['initialize settled', 'destroy']);
 });
+
+test('concurrent restarts leave exactly one live client', async (t) => {
+  const fake = fakeFactory({ initialize: () => new Promise((r) => setTimeout(r, 20)) });
+  const b = await wwebjsBridge(t, fake);
+  const answers = await Promise.all([b.call('POST', '/restart'), b.call('POST', '/restart'), b.call('POST', '/restart')]);
+  assert.deepEqual(answers.map((a) => a.status), [200, 200, 200]);
+  assert.equal(fake.clients.length, 4);
+  assert.deepEqual(fake.clients.map((c) => c.calls.destroy), [1, 1, 1, 0], 'every replaced client was destroyed once');
+});
+
+test('a restart while a rebuild is pending does not start a second client', async (t) => {
+  const fake = fakeFactory();
+  const b = await startBridge(t, { WHATSAPP_DRIVER: 'wwebjs' }, { clientFactory: fake.factory, backoff: { initialMs: 40, maxMs: 40 } });
+  fake.last().emit('disconnected', 'CONFLICT'); // schedules a rebuild 20-40 ms from now
+  await b.call('POST', '/restart');
+  await new Promise((r) => setTimeout(r, 100)); // past the rebuild's moment
+  assert.equal(fake.clients.length, 2);
+  assert.deepEqual(fake.clients.map((c) => c.calls.destroy), [1, 0]);
+});

@@ -43,6 +43,7 @@ export class WwebjsDriver extends BaseDriver {
   #attempt = 0;
   #retryTimer = null;
   #stopped = true;
+  #lifecycle = Promise.resolve(); // stop/restart/logout run one at a time, or two clients could start
 
   /**
    * @param {object} opts
@@ -70,11 +71,13 @@ export class WwebjsDriver extends BaseDriver {
     this.#connect({ fresh: true });
   }
 
-  async stop() {
+  stop() {
     this.#stopped = true;
-    clearTimeout(this.#retryTimer);
-    this.#retryTimer = null;
-    await this.#teardown();
+    return this.#serial(async () => {
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = null;
+      await this.#teardown();
+    });
   }
 
   async send(to, body) {
@@ -98,30 +101,40 @@ export class WwebjsDriver extends BaseDriver {
     }
   }
 
-  async logout() {
-    const client = this.#client;
-    this.#generation += 1; // the LOGOUT `disconnected` event is ours, not a failure
-    try {
-      await client?.logout();
-    } catch (err) {
-      this.#opts.log(`bridge: logout through WhatsApp failed (${err.message}); removing the local session instead`);
-    }
-    await this.#teardown();
-    // Without the session files the next client has to ask for a QR.
-    await rm(this.userDataDir, { recursive: true, force: true, maxRetries: 3 });
-    this._setStatus(STATUS.DISCONNECTED, { phone: null, last_error: 'logged out' });
-    this.#attempt = 0;
-    if (!this.#stopped) this.#scheduleRebuild();
-    return this.status().status;
+  logout() {
+    return this.#serial(async () => {
+      const client = this.#client;
+      this.#generation += 1; // the LOGOUT `disconnected` event is ours, not a failure
+      try {
+        if (client) await withTimeout(client.logout(), DESTROY_TIMEOUT_MS, 'logout');
+      } catch (err) {
+        this.#opts.log(`bridge: logout through WhatsApp failed (${err.message}); removing the local session instead`);
+      }
+      await this.#teardown();
+      // Without the session files the next client has to ask for a QR.
+      await rm(this.userDataDir, { recursive: true, force: true, maxRetries: 3 });
+      this._setStatus(STATUS.DISCONNECTED, { phone: null, last_error: 'logged out' });
+      this.#attempt = 0;
+      if (!this.#stopped) this.#scheduleRebuild();
+      return this.status().status;
+    });
   }
 
-  async restart() {
-    clearTimeout(this.#retryTimer);
-    this.#retryTimer = null;
-    this.#attempt = 0;
-    await this.#teardown();
-    if (!this.#stopped) this.#connect({ fresh: true });
-    return this.status().status;
+  restart() {
+    return this.#serial(async () => {
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = null;
+      this.#attempt = 0;
+      await this.#teardown();
+      if (!this.#stopped) this.#connect({ fresh: true });
+      return this.status().status;
+    });
+  }
+
+  #serial(operation) {
+    const run = this.#lifecycle.then(operation);
+    this.#lifecycle = run.catch(() => {});
+    return run;
   }
 
   /** Build and initialize a client; a rebuild (not fresh) stays `disconnected` until it shows a QR or is ready. */
@@ -180,11 +193,13 @@ export class WwebjsDriver extends BaseDriver {
     this.#opts.log(`bridge: rebuilding the whatsapp client in ${delay} ms (attempt ${this.#attempt})`);
     // Destroy now so no browser idles during the wait; connect when the timer fires.
     const teardown = this.#teardown();
-    this.#retryTimer = setTimeout(async () => {
+    const timer = setTimeout(async () => {
       await teardown;
+      if (this.#retryTimer !== timer) return; // restart() or stop() took over meanwhile
       this.#retryTimer = null;
       if (!this.#stopped) this.#connect();
     }, delay);
+    this.#retryTimer = timer;
   }
 
   /** Destroy the current client and make sure its Chromium is gone. */
