@@ -7,6 +7,8 @@ import { EventPublisher } from './events.js';
 import { IdempotencyStore } from './idempotency.js';
 import { createServer } from './server.js';
 
+const ACK_WAIT_MS = 10_000;
+
 /**
  * @param {ReturnType<import('./config.js').loadConfig>} config
  * @param {object} [opts]
@@ -43,7 +45,8 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     acks = acks.then(async () => {
       let key = store.keyFor(a.whatsapp_message_id);
       if (!key) {
-        await store.settled(); // WhatsApp can ack before sendMessage() has returned the id
+        // WhatsApp can ack before sendMessage() has returned the id; wait for it, but not forever.
+        await Promise.race([store.settled(), new Promise((r) => setTimeout(r, ACK_WAIT_MS).unref())]);
         key = store.keyFor(a.whatsapp_message_id);
       }
       events.publish({ type: EVENT_TYPES.MESSAGE_ACK, whatsapp_message_id: a.whatsapp_message_id, idempotency_key: key, ack: a.ack, at: a.at });

@@ -121,6 +121,7 @@ export class SimulatorDriver extends BaseDriver {
   }
 
   #sleep(ms) {
-    return new Promise((resolve) => this.#later(ms, resolve));
+    // Not tracked by #later: stop() must not leave a send waiting forever.
+    return new Promise((resolve) => setTimeout(resolve, ms));
   }
 }
