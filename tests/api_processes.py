@@ -26,8 +26,13 @@ class ApiProcess:
         ws_ping_interval: float = 20.0,
         ws_ping_timeout: float = 20.0,
         extra_args: tuple[str, ...] = (),
+        via_cli: bool = False,
     ) -> None:
+        """via_cli: run `whatsched api` itself (its uvicorn settings) instead of `python -m uvicorn`."""
         self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._workdir = tempfile.TemporaryDirectory(prefix="whatsched-api-")  # no stray .env is read
+        self._log: IO[bytes] | None = None
         self.settings = settings
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("WS_", "API_", "DATABASE_", "APP_DATABASE"))},
@@ -38,6 +43,10 @@ class ApiProcess:
             "BRIDGE_URL": settings.effective_bridge_url,
             **(env or {}),
         }
+        if via_cli:
+            self.env.update(API_HOST="127.0.0.1", API_PORT=str(self.port))
+            self.args = [sys.executable, "-m", "whatsched.cli", "api", *extra_args]
+            return
         self.args = [
             sys.executable,
             "-m",
@@ -56,9 +65,6 @@ class ApiProcess:
             str(ws_ping_timeout),
             *extra_args,
         ]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._workdir = tempfile.TemporaryDirectory(prefix="whatsched-api-")  # no stray .env is read
-        self._log: IO[bytes] | None = None
 
     @property
     def pid(self) -> int:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from api_processes import ApiProcess
 from websockets.asyncio.client import ClientConnection, connect
@@ -229,6 +230,15 @@ async def test_someone_elses_user_id_is_refused_but_an_admin_may_watch_it(
     assert frame["type"] == "new_notification" and frame["notification"]["title"] == "for the owner"
     await watcher.close()
 
+    # On their own path, an admin may follow anyone's message (RLS lets them see it).
+    own_path = await open_socket(api, boss)
+    message_id = await new_message(admin, owner.id, recipients=2)
+    await subscribe(own_path, message_id)
+    await deliver(admin, message_id, 2)
+    frames = await until(own_path, lambda f: f["type"] == "message_progress" and f["sent"] == 2)
+    assert frames[-1]["message_id"] == message_id
+    await own_path.close()
+
 
 async def test_no_auth_frame_in_time_closes_with_4408_and_nothing_is_sent_before(
     api: ApiProcess, make_user: Any, admin: asyncpg.Connection
@@ -416,6 +426,15 @@ async def test_an_event_reaches_sockets_on_every_api_process(
         # the final counts come before the final status (a late creation event may precede them)
         assert frames[-2] == {"type": "message_progress", "message_id": message_id, "sent": 2, "total": 2, "failed": 0}
         assert frames[-1]["status"] == "sent"
+
+    # An event caused through process A's HTTP API reaches the socket on B.
+    second = await new_message(admin, user.id, recipients=1)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{a.port}", trust_env=False) as http:
+        response = await http.post(f"/api/messages/{second}/pause", headers=user.headers)
+    assert response.status_code == 200, response.text
+    frames = await until(on_b, lambda f: f["type"] == "message_status_update")
+    assert (frames[-1]["message_id"], frames[-1]["status"]) == (second, "paused")
+    for ws in (on_a, on_b):
         await ws.close()
 
 

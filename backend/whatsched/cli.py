@@ -123,6 +123,8 @@ def api() -> None:
         log_level="info",
         ws_ping_interval=20,
         ws_ping_timeout=20,
+        # Events are ~200 B of JSON: permessage-deflate saves little and holds ~50 KB of zlib state per socket.
+        ws_per_message_deflate=False,
     )
 
 

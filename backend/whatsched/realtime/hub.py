@@ -179,6 +179,8 @@ class Hub:
         The subscription is registered before the snapshot is read, so no event falls in between;
         if an event for the message was relayed while reading, the snapshot may be older than that
         event, so it is read again (a client must end on the newest state)."""
+        if client not in self.clients:
+            return False  # closed while its frame waited: registering now would leak it
         if message_id not in client.subscriptions and len(client.subscriptions) >= self.config.ws_max_subscriptions:
             client.push(
                 protocol.error(
