@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import secrets
@@ -39,7 +38,6 @@ from whatsched.db.embedded import EmbeddedPostgres, free_port
 from whatsched.db.pool import create_pool
 from whatsched.db.setup import prepare
 from whatsched.messages import queries
-from whatsched.messages import session as hot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,18 +211,13 @@ async def main() -> None:
         api = None
 
         # The floor: the API's own transaction shape (BEGIN + claims in one batch, no session reset).
-        direct = await asyncpg.create_pool(
-            prepared.app_url, min_size=10, max_size=10, init=db_pool._init_connection, reset=hot._no_session_state
-        )
+        direct = await db_pool.create_pool(prepared.app_url, min_size=10, max_size=10)
         claims = jwt.decode(session.access_token, options={"verify_signature": False})  # what the API hands Postgres
-        begin = hot._begin_sql(hot.sql_literal(json.dumps(claims)))
         list_sql, list_args = queries.list_query(queries.ListFilters(), "-created_at", 1, 20)
 
         async def in_tx(sql: str, *values: object) -> None:
-            async with direct.acquire() as conn:
-                await conn.execute(begin)
+            async with db_pool.user_tx(direct, claims) as conn:
                 await conn.fetchval(sql, *values)
-                await conn.execute("commit")
 
         async def direct_list() -> None:
             await in_tx(list_sql, *list_args)

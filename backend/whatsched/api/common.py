@@ -39,7 +39,7 @@ class PageParams(BaseModel):
         return (self.page - 1) * self.page_size
 
 
-def page_params(
+async def page_params(
     page: int = Query(1, ge=1, le=100_000, description="1-based page number"),
     page_size: int = Query(20, ge=1, le=100, description="items per page (max 100)"),
 ) -> PageParams:

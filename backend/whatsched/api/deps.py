@@ -43,9 +43,13 @@ class Resources:
     local_key: SigningKey | None
 
 
-def resources(conn: HTTPConnection) -> Resources:
+def resources_of(conn: HTTPConnection) -> Resources:
     res: Resources = conn.app.state.resources
     return res
+
+
+async def resources(conn: HTTPConnection) -> Resources:  # async: no thread-pool hop per request
+    return resources_of(conn)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from whatsched.auth.keys import SigningKey
 
 AUDIENCE = "authenticated"
 ASYMMETRIC = ("ES256", "RS256")
+CACHE_S = 60.0
+CACHE_MAX = 10_000
 
 
 class InvalidToken(Exception):
@@ -75,6 +77,8 @@ class Verifier:
         self._jwks_url = jwks_url
         self._issuer = issuer
         self._last_fetch = 0.0
+        # token -> (claims, monotonic time until which they are trusted without re-checking)
+        self._verified: dict[str, tuple[dict[str, Any], float]] = {}
 
     async def _refresh_jwks(self) -> None:
         if not self._jwks_url or time.monotonic() - self._last_fetch < 30:
@@ -97,6 +101,20 @@ class Verifier:
                 self._keys[jwk["kid"]] = (parsed.algorithm_name, parsed.key)
 
     async def verify(self, token: str) -> dict[str, Any]:
+        """Claims of a valid token. A verified token is remembered for at most CACHE_S and never
+        past its own expiry: checking an ES256 signature is the most expensive step of a read."""
+        now = time.monotonic()
+        hit = self._verified.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        claims = await self._verify(token)
+        if len(self._verified) >= CACHE_MAX:
+            self._verified.clear()
+        remaining = float(claims["exp"]) - time.time()
+        self._verified[token] = (claims, now + min(CACHE_S, max(remaining, 0.0)))
+        return claims
+
+    async def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

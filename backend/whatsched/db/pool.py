@@ -39,23 +39,46 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """On release: only an abandoned transaction needs undoing. Role and claims are always
+    transaction-local, so asyncpg's full reset (UNLISTEN, RESET ALL, ...) would be a wasted round trip."""
+    if not conn.is_closed() and conn.is_in_transaction():
+        await conn.execute("rollback")
+
+
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_reset, command_timeout=60
     )
     assert pool is not None
     return pool
 
 
+def sql_literal(text: str) -> str:
+    """An escape-string literal, safe whatever standard_conforming_strings says."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 @asynccontextmanager
 async def user_tx(pool: asyncpg.Pool, claims: Mapping[str, Any]) -> AsyncIterator[asyncpg.Connection]:
-    """One transaction as PostgREST runs it: role `authenticated` and the verified JWT claims."""
-    async with pool.acquire() as conn, conn.transaction():
+    """One transaction as PostgREST runs it: role `authenticated` and the verified JWT claims.
+
+    BEGIN and both settings travel in one round trip (a simple-protocol batch), so inside it use
+    plain SQL `savepoint` rather than asyncpg's `conn.transaction()`. Committed when the block
+    ends, rolled back if it raises."""
+    literal = sql_literal(json.dumps(dict(claims)))
+    async with pool.acquire() as conn:
         await conn.execute(
-            "select set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)",
-            json.dumps(dict(claims)),
+            "begin; select set_config('role', 'authenticated', true),"
+            f" set_config('request.jwt.claims', {literal}, true)"
         )
-        yield conn
+        try:
+            yield conn
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("rollback")
+            raise
+        await conn.execute("commit")
 
 
 @asynccontextmanager

@@ -17,8 +17,8 @@ import asyncpg
 from fastapi import APIRouter, Body, Depends, Query, Response
 
 from whatsched import content as text_rules
-from whatsched.api.common import PageParams, audit_action
-from whatsched.api.deps import Caller, Resources, enforce_limit
+from whatsched.api.common import PageParams, audit_action, page_params
+from whatsched.api.deps import Caller, Resources, caller, enforce_limit, resources, user_conn
 from whatsched.api.errors import ApiError, responses
 from whatsched.auth import ratelimit
 from whatsched.bridge_client import BridgeError
@@ -37,9 +37,8 @@ from whatsched.messages.models import (
     Sort,
     Stats,
 )
-from whatsched.messages.session import caller, lifespan, page_params, resources, user_conn
 
-router = APIRouter(prefix="/api/messages", tags=["messages"], lifespan=lifespan)
+router = APIRouter(prefix="/api/messages", tags=["messages"])
 
 JSON = "application/json"
 BRIDGE_CHECK_TIMEOUT_S = 3.0

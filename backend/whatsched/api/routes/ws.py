@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
-from whatsched.api.deps import resources
+from whatsched.api.deps import resources_of
 from whatsched.realtime import protocol, session
 from whatsched.realtime.hub import Hub
 from whatsched.realtime.sockets import Client
@@ -15,7 +15,7 @@ router = APIRouter(tags=["realtime"])
 
 @router.websocket("/ws/{user_id}")
 async def realtime_socket(websocket: WebSocket, user_id: str) -> None:
-    res = resources(websocket)
+    res = resources_of(websocket)
     hub: Hub = websocket.app.state.hub
     user_id = session.canonical_user_id(user_id) or user_id
     await websocket.accept()
