@@ -128,6 +128,15 @@ def api() -> None:
     )
 
 
+@app.command()
+@clear_errors
+def worker() -> None:
+    """Send due messages through the WhatsApp bridge until SIGTERM or Ctrl-C."""
+    from whatsched.dispatcher.worker import main as run_worker
+
+    raise typer.Exit(run_worker(get_settings()))
+
+
 users = typer.Typer(help="Manage users of the local auth provider.", no_args_is_help=True)
 app.add_typer(users, name="users")
 

@@ -15,9 +15,11 @@ from whatsched import __version__
 from whatsched.api import errors
 from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
-from whatsched.api.routes import auth, health
+from whatsched.api.routes import analytics, auth, health, notifications, reports, sync
 from whatsched.api.routes import messages as messages_routes
+from whatsched.api.routes import metrics as metrics_routes
 from whatsched.api.routes import ws as ws_routes
+from whatsched.api.timing import RequestTiming
 from whatsched.auth.keys import local_signing_key
 from whatsched.auth.local import LocalProvider
 from whatsched.auth.ratelimit import RateLimits
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.add_middleware(CacheHeaders)
+    app.add_middleware(RequestTiming)  # outermost of ours: times everything below it
     errors.install(app)
     # routers: one per resource
     app.include_router(health.router)
@@ -99,6 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.jwks_router)
     app.include_router(messages_routes.router)
     app.include_router(ws_routes.router)
+    app.include_router(notifications.router)
+    app.include_router(analytics.router)
+    app.include_router(reports.router)
+    app.include_router(sync.router)
+    app.include_router(metrics_routes.router)
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger() -> HTMLResponse:

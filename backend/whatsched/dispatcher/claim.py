@@ -1,0 +1,60 @@
+"""Claim: start messages about to fall due, and take one batch of due deliveries under a lease, in one round
+trip (private.claim_deliveries). Also: how long the worker may sleep before the next work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from whatsched.dispatcher.pacing import Pacing
+
+START = "select count(*)::integer from private.claim_messages($1, $2, $3)"
+CLAIM = "select * from private.claim_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+NEXT_WAKE = "select extract(epoch from private.next_wake_at($1, $2) - clock_timestamp())::float8"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery now `sending` under this worker's lease: everything needed to send it."""
+
+    id: UUID
+    message_id: UUID
+    phone: str
+    contact_name: str | None
+    idempotency_key: str
+    content: str
+    attempts: int
+
+
+async def start_due(conn: asyncpg.Connection, worker_id: str, limit: int, ahead_s: float) -> int:
+    """Start up to `limit` messages due within `ahead_s` (status `sending`, deliveries created,
+    each due at its message's scheduled_for); returns how many started."""
+    started: int = await conn.fetchval(START, worker_id, limit, ahead_s)
+    return started
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    worker_id: str,
+    pacing: Pacing,
+    sender: str,
+    limit: int,
+    lease_s: float,
+) -> list[Claimed]:
+    rows = await conn.fetch(CLAIM, worker_id, limit, lease_s, *pacing.claim_args(sender))
+    return [
+        Claimed(
+            r["id"], r["message_id"], r["phone"], r["contact_name"], r["idempotency_key"], r["content"], r["attempts"]
+        )
+        for r in rows
+    ]
+
+
+async def seconds_until_next(conn: asyncpg.Connection, sender: str | None, ahead_s: float) -> float | None:
+    """Seconds until something is due (negative: already due); None when nothing is planned.
+    `sender` adds the sender's next_send_at (spacing or a full cap) to pending work; scheduled
+    messages count from `ahead_s` before their time, when they are started."""
+    value: float | None = await conn.fetchval(NEXT_WAKE, sender, ahead_s)
+    return value

@@ -1,0 +1,53 @@
+"""Deliver: send one claimed batch through the bridge, concurrently, and sort the answers into
+sends the bridge accepted and refusals (permanent or transient)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from uuid import UUID
+
+from whatsched import metrics
+from whatsched.bridge_client import BridgeClient, BridgeError
+from whatsched.content import render
+from whatsched.dispatcher.claim import Claimed
+
+# Refusals that no retry can change: the number, or the request itself, is wrong.
+PERMANENT = frozenset({"not_registered", "invalid_number", "bad_request", "payload_too_large"})
+# Refusals that mean the bridge or WhatsApp as a whole cannot send right now.
+BRIDGE_WIDE = frozenset({"bridge_unreachable", "not_connected", "unauthorized"})
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    id: UUID
+    whatsapp_message_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    id: UUID
+    code: str
+    message: str
+    permanent: bool
+
+
+async def _send_one(bridge: BridgeClient, delivery: Claimed) -> Sent | Refused:
+    body = render(delivery.content, delivery.contact_name)
+    try:
+        result = await bridge.send(delivery.phone, body, delivery.idempotency_key)
+    except BridgeError as exc:
+        metrics.BRIDGE_ERRORS.labels(exc.code).inc()
+        return Refused(delivery.id, exc.code, exc.message, exc.code in PERMANENT or not exc.transient)
+    except Exception as exc:  # a malformed answer is the bridge failing, and worth a retry
+        metrics.BRIDGE_ERRORS.labels("send_failed").inc()
+        return Refused(delivery.id, "send_failed", f"unexpected answer from the bridge: {exc!r}", False)
+    return Sent(delivery.id, result.whatsapp_message_id, result.replayed)
+
+
+async def send_batch(bridge: BridgeClient, batch: list[Claimed]) -> tuple[list[Sent], list[Refused]]:
+    answers = await asyncio.gather(*(_send_one(bridge, d) for d in batch))
+    sent = [a for a in answers if isinstance(a, Sent)]
+    refused = [a for a in answers if isinstance(a, Refused)]
+    return sent, refused

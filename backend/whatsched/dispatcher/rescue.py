@@ -1,0 +1,33 @@
+"""Rescue: the housekeeping safety net. The claim already takes over expired leases and the
+worker finishes messages as their last batch completes; these sweeps catch what a crash in
+between could leave behind, and tell the worker when work is overdue.
+
+- `sweep`: finish every `sending` message with no open delivery (a worker died between its
+  last completion and the finish);
+- `overdue`: whether anything is due now (an expired lease, a retry, a message) that no
+  NOTIFY announced, so the worker wakes for it;
+- `prune_usage`: drop pacing counts older than the daily window.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from whatsched.dispatcher import complete
+
+OVERDUE = "select coalesce(private.next_wake_at($1, $2) <= now(), false)"
+PRUNE = "delete from private.sender_usage where minute < now() - interval '2 days'"
+
+
+async def sweep(conn: asyncpg.Connection) -> list[complete.Finished]:
+    return await complete.finish(conn, None)
+
+
+async def overdue(conn: asyncpg.Connection, sender: str | None, ahead_s: float) -> bool:
+    due: bool = await conn.fetchval(OVERDUE, sender, ahead_s)
+    return due
+
+
+async def prune_usage(conn: asyncpg.Connection) -> int:
+    status: str = await conn.execute(PRUNE)
+    return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,307 @@
+"""The worker loop (`whatsched worker`).
+
+A round runs `lanes` concurrent claim → send → complete loops until no work is due; then the
+worker sleeps exactly until the next due time (private.next_wake_at) or a NOTIFY on
+'whatsched_dispatch' (a message scheduled or resumed), whichever comes first. There is no
+fixed poll: APScheduler only runs housekeeping (the rescue sweep, a wake-up if anything is
+overdue, the sender's number, pacing-count pruning), and correctness never depends on it.
+
+Each lane has its own connection, acting as service_role for the whole session. SIGTERM or
+SIGINT stops claiming; the batches in flight are sent and recorded, then the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from whatsched.bridge_client import BridgeClient, BridgeError
+from whatsched.config import Settings
+from whatsched.dispatcher import claim, complete, deliver, fail, rescue
+from whatsched.dispatcher.deliver import Refused
+from whatsched.dispatcher.fail import Failures, RetryPolicy
+from whatsched.dispatcher.pacing import DEFAULT_SENDER, Pacing, sender_key
+from whatsched.dispatcher.settings import DispatchSettings
+
+log = logging.getLogger("whatsched.dispatcher")
+
+CHANNEL = "whatsched_dispatch"
+APPLICATION_NAME = "whatsched-worker"
+# Errors after which the worker reconnects and tries again rather than dying.
+RECOVERABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+async def connect(url: str, role: str = "service_role") -> asyncpg.Connection:
+    """A session acting as the service (bypasses RLS), as every worker statement needs."""
+    conn = await asyncpg.connect(
+        url, timeout=10, server_settings={"application_name": f"{APPLICATION_NAME}:{os.getpid()}"}
+    )
+    await conn.execute(f"set role {role}; select set_config('request.jwt.claims', '{{\"role\":\"{role}\"}}', false)")
+    return conn
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        url: str,
+        dispatch: DispatchSettings | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dispatch = dispatch or DispatchSettings()
+        self.url = url
+        self.pacing = Pacing.from_settings(settings, self.dispatch)
+        self.retry = RetryPolicy(self.dispatch.max_attempts, self.dispatch.retry_base_s, self.dispatch.retry_max_s)
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self.bridge = BridgeClient(
+            settings.effective_bridge_url, settings.bridge_token, timeout_s=self.dispatch.bridge_call_timeout_s
+        )
+        self.sender = DEFAULT_SENDER
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._lanes: list[asyncpg.Connection] = []
+        self._house: asyncpg.Connection | None = None
+        self._house_lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+        self._idle_backoff = 0.0
+        self._logged_at: dict[str, float] = {}
+        self._notified: set[uuid.UUID] = set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; the batches in flight finish first."""
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        scheduler = AsyncIOScheduler()
+        every = {"max_instances": 1, "coalesce": True}
+        scheduler.add_job(self._housekeeping, "interval", seconds=self.dispatch.housekeeping_s, **every)
+        scheduler.add_job(self._refresh_sender, "interval", seconds=30, **every)
+        scheduler.add_job(self._prune, "interval", hours=1, **every)
+        log.info(
+            "worker %s: bridge %s, %s lane(s) of up to %s, pacing %s",
+            self.id,
+            self.bridge.base_url,
+            self.dispatch.lanes,
+            self.pacing.batch_limit(self.dispatch.batch_size),
+            self._describe_pacing(),
+        )
+        delay = 0.5
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not self._lanes:
+                        await self._open()
+                        await self._refresh_sender()
+                        if not scheduler.running:
+                            scheduler.start()
+                    await self._round()
+                    delay = 0.5
+                except RECOVERABLE as exc:
+                    log.warning("worker %s: %s; reconnecting in %.1f s", self.id, _describe(exc), delay)
+                    await self._close()
+                    await self._sleep(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+            await self._close()
+            await self.bridge.close()
+            log.info("worker %s stopped", self.id)
+
+    async def _open(self) -> None:
+        self._lanes = [await connect(self.url) for _ in range(self.dispatch.lanes)]
+        self._house = await connect(self.url)
+        self._listener = await asyncpg.connect(
+            self.url, timeout=10, server_settings={"application_name": f"{APPLICATION_NAME}:{os.getpid()}"}
+        )
+        await self._listener.add_listener(CHANNEL, self._on_notify)
+        self._listener.add_termination_listener(self._on_listener_lost)
+        self._wake.set()  # anything announced while we were away is found by the next round
+
+    async def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.remove_termination_listener(self._on_listener_lost)  # we close it on purpose
+        conns = [*self._lanes, self._house, self._listener]
+        self._lanes, self._house, self._listener = [], None, None
+        for conn in conns:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # The payload names a message that was scheduled, resumed or settled by an ack.
+        with contextlib.suppress(ValueError):
+            self._notified.add(uuid.UUID(payload))
+        self._wake.set()
+
+    def _on_listener_lost(self, *_: Any) -> None:
+        # Without LISTEN we would miss wake-ups: the next round reconnects everything.
+        log.warning("worker %s: the LISTEN connection was lost", self.id)
+        self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _round(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            raise ConnectionError("the LISTEN connection is closed")
+        self._wake.clear()
+        if self._notified:
+            # A resume or an ack can leave a sending message with nothing open: finish it now.
+            named, self._notified = sorted(self._notified), set()
+            for done in await complete.finish(self._lanes[0], named):
+                log.info("message %s finished: %s", done.id, done.status)
+        results = await asyncio.gather(*(self._lane(conn) for conn in self._lanes), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if self._stop.is_set() or self._wake.is_set():
+            return
+        claimed = sum(r for r in results if isinstance(r, int))
+        seconds = await claim.seconds_until_next(
+            self._lanes[0], self.sender if self.pacing.active else None, self.dispatch.start_ahead_s
+        )
+        if seconds is not None and seconds <= 0 and claimed == 0:
+            # Due but unclaimable right now (rows locked by another transaction): back off a little.
+            self._idle_backoff = min(max(self._idle_backoff * 2, 0.05), 1.0)
+            seconds = self._idle_backoff
+        else:
+            self._idle_backoff = 0.0
+        await self._sleep(seconds)
+
+    async def _lane(self, conn: asyncpg.Connection) -> int:
+        """Start due messages, claim, send and record batches until nothing is due; returns how
+        much progress it made (0: nothing was due)."""
+        limit = self.pacing.batch_limit(self.dispatch.batch_size)
+        claimed = 0
+        while not self._stop.is_set():
+            started = await claim.start_due(conn, self.id, self.dispatch.start_limit, self.dispatch.start_ahead_s)
+            batch = await claim.claim(conn, self.id, self.pacing, self.sender, limit, self.dispatch.lease_s)
+            if not batch:
+                if started:
+                    claimed += 1  # progress: keep going while messages are being started
+                    continue
+                break
+            claimed += len(batch)
+            sent, refused = await deliver.send_batch(self.bridge, batch)
+            if sent:
+                await complete.complete(conn, sent)
+            if refused:
+                self._report(refused, await fail.fail(conn, self.id, refused, self.retry))
+            for done in await complete.finish(conn, sorted({d.message_id for d in batch})):
+                log.info("message %s finished: %s", done.id, done.status)
+        return claimed
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Until `seconds` pass (None: indefinitely), a NOTIFY or stop()."""
+        if seconds is not None and seconds <= 0:
+            return
+        # A hair past the due time, so `scheduled_for <= now()` holds when we claim.
+        timeout = None if seconds is None else seconds + 0.002
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- housekeeping (APScheduler) ---------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """The safety net: finish stuck messages; wake the loop if work is overdue."""
+        if self._house is None:
+            return
+        async with self._house_lock:
+            try:
+                for done in await rescue.sweep(self._house):
+                    log.info("message %s finished by the sweep: %s", done.id, done.status)
+                sender = self.sender if self.pacing.active else None
+                if await rescue.overdue(self._house, sender, self.dispatch.start_ahead_s):
+                    self._wake.set()
+            except RECOVERABLE as exc:
+                log.warning("worker %s: housekeeping failed: %s", self.id, _describe(exc))
+
+    async def _refresh_sender(self) -> None:
+        """Pace per WhatsApp number: the bridge reports which one is paired."""
+        try:
+            number = sender_key(await self.bridge.status())
+        except BridgeError:
+            return
+        if number and number != self.sender:
+            log.info("worker %s: sending as %s", self.id, number)
+            self.sender = number
+
+    async def _prune(self) -> None:
+        if self._house is None:
+            return
+        async with self._house_lock:
+            with contextlib.suppress(*RECOVERABLE):
+                await rescue.prune_usage(self._house)
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def _report(self, refused: list[Refused], outcome: Failures) -> None:
+        """One line per error code and 10 s, not one per delivery."""
+        codes = sorted({r.code for r in refused})
+        now = time.monotonic()
+        for code in codes:
+            if now - self._logged_at.get(code, -1e9) < 10:
+                continue
+            self._logged_at[code] = now
+            sample = next(r for r in refused if r.code == code)
+            log.warning(
+                "bridge refused %s delivery(ies) with %s (%s); %s will retry, %s failed",
+                sum(1 for r in refused if r.code == code),
+                code,
+                sample.message,
+                outcome.retrying,
+                outcome.failed,
+            )
+
+    def _describe_pacing(self) -> str:
+        p = self.pacing
+        parts = [
+            f"spacing {p.spacing_min_s:g}-{p.spacing_max_s:g} s" if p.spaced else "no spacing",
+            f"hourly cap {p.hourly_cap}" if p.hourly_cap else "no hourly cap",
+            f"daily cap {p.daily_cap}" if p.daily_cap else "no daily cap",
+            f"quiet hours {p.quiet.start:%H:%M}-{p.quiet.end:%H:%M}" if p.quiet else "no quiet hours",
+        ]
+        if p.warmup_days:
+            parts.append(f"warm-up {p.warmup_days} days")
+        return ", ".join(parts)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def serve(settings: Settings) -> None:
+    """Run one worker until SIGTERM or SIGINT."""
+    from whatsched.db.setup import resolve_app_url
+
+    url = await resolve_app_url(settings)
+    worker = Worker(settings, url)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()
+
+
+def main(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    asyncio.run(serve(settings))
+    return 0

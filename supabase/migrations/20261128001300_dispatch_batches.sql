@@ -1,0 +1,579 @@
+-- =============================================================================
+-- The dispatcher's database operations, one section per verb (like graphile-worker):
+--   claim_messages     scheduled messages about to fall due become `sending`, fanned out
+--   claim_deliveries   a batch of due deliveries becomes `sending` under a lease, within the
+--                      sender's pacing (spacing, hourly/daily caps, warm-up) and the owners'
+--                      quiet hours; expired leases (a crashed worker) are taken over
+--   complete_deliveries  a batch the bridge accepted becomes `sent`, in one statement
+--   fail_deliveries    a batch the bridge refused: retry with backoff, or `failed`
+--   finish_messages    `sending` messages with no open delivery become `sent` or `failed`
+--   apply_ack          WhatsApp's acks move deliveries forward (never backwards)
+--   record_whatsapp_status  the last status the bridge reported, to detect transitions
+--   next_wake_at       when the dispatcher has something to do next
+-- Counters stay derived by the delivery triggers; nothing here writes them.
+--
+-- This replaces the message-level lease of private.claim_messages (20261128000400) with
+-- per-delivery leases, so any number of workers share one message, and replaces
+-- private.next_due_at, which answered now() for every sending message whose lease was
+-- cleared (a resumed message) and so made a sleeping worker spin.
+-- =============================================================================
+
+-- -----------------------------------------------------------------------------
+-- Indexes the operations below read
+-- -----------------------------------------------------------------------------
+-- Open work of one message (finish checks that none is left).
+create index deliveries_open_idx on public.deliveries (message_id)
+  where state in ('pending', 'sending');
+-- The earliest retry or quiet-hours deferral (next_wake_at).
+create index deliveries_pending_due_idx on public.deliveries (next_attempt_at)
+  where state = 'pending';
+-- One next occurrence per recurring message, whoever finishes it.
+create unique index messages_one_next_occurrence on public.messages (recurrence_parent_id)
+  where recurrence_parent_id is not null;
+
+-- -----------------------------------------------------------------------------
+-- Pacing state per WhatsApp number (private: only the worker reads or writes it)
+-- -----------------------------------------------------------------------------
+create table private.senders (
+  sender text primary key,                     -- the number the bridge reports, or 'default'
+  first_send_at timestamptz,                   -- warm-up counts days from here
+  next_send_at timestamptz not null default now()  -- no claim before this (spacing or a full cap)
+);
+
+-- Sends per minute: hourly and daily caps sum a sliding window of these.
+create table private.sender_usage (
+  sender text not null references private.senders (sender) on delete cascade,
+  minute timestamptz not null,
+  sends integer not null check (sends >= 0),
+  primary key (sender, minute)
+);
+
+-- The last WhatsApp status the bridge reported (one row).
+create table private.whatsapp_state (
+  id boolean primary key default true check (id),
+  status text not null,
+  phone text,
+  last_error text,
+  updated_at timestamptz not null default now()
+);
+
+grant select, insert, update, delete on private.senders, private.sender_usage, private.whatsapp_state
+  to service_role;
+
+-- -----------------------------------------------------------------------------
+-- Quiet hours: the end of the window when `tz`'s local time is inside [p_start, p_end), else null.
+-- A window whose start is after its end spans midnight ("21:00-08:00").
+-- -----------------------------------------------------------------------------
+create or replace function private.quiet_until(tz text, p_start time, p_end time)
+returns timestamptz
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  local_now timestamp := now() at time zone tz;
+  t time := local_now::time;
+  window_end timestamp;
+begin
+  if p_start is null or p_end is null or p_start = p_end then
+    return null;
+  end if;
+  if not (case when p_start < p_end then t >= p_start and t < p_end else t >= p_start or t < p_end end) then
+    return null;
+  end if;
+  window_end := local_now::date + p_end;
+  if window_end <= local_now then
+    window_end := window_end + interval '1 day';
+  end if;
+  return window_end at time zone tz;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- claim_messages: scheduled messages due within p_ahead_s become `sending` and get one delivery
+-- per distinct active phone across their groups, due at scheduled_for. Fanning out a few seconds
+-- ahead takes the fan-out (the costly insert) off the critical path: at scheduled_for the
+-- first sends are one claim away, and nothing is sent before it. One update for the batch, one
+-- insert for all their deliveries.
+-- -----------------------------------------------------------------------------
+drop function if exists private.claim_messages(text, integer, integer);
+
+create or replace function private.claim_messages(p_worker text, p_limit integer, p_ahead_s double precision)
+returns setof uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+  started uuid[];
+begin
+  with due as (
+    select id from public.messages
+    where status = 'scheduled' and scheduled_for <= now() + make_interval(secs => p_ahead_s)
+    order by scheduled_for
+    limit p_limit
+    for update skip locked
+  ), moved as (
+    update public.messages m
+    set status = 'sending', claimed_by = p_worker, lease_expires_at = null
+    from due where m.id = due.id
+    returning m.id
+  )
+  select coalesce(array_agg(id), '{}') into started from moved;
+
+  if cardinality(started) > 0 then
+    insert into public.deliveries
+      (message_id, created_by, contact_id, phone, contact_name, idempotency_key, next_attempt_at)
+    select distinct on (m.id, c.phone)
+      m.id, m.created_by, c.id, c.phone, c.name, m.id::text || ':' || c.phone, greatest(m.scheduled_for, now())
+    from public.messages m
+    join public.message_groups mg on mg.message_id = m.id
+    join public.group_contacts gc on gc.group_id = mg.group_id
+    join public.contacts c on c.id = gc.contact_id
+    where m.id = any(started) and c.is_active and c.opted_out_at is null
+    order by m.id, c.phone, c.created_at
+    on conflict (message_id, phone) do nothing;
+  end if;
+  return query select unnest(started);
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- claim_deliveries: one batch of work for one worker, in one round trip.
+--   1. (the worker calls claim_messages just before, so a message falling due mid-campaign
+--      starts within one batch);
+--   2. defers the due work of owners inside quiet hours to the end of their window;
+--   3. applies the sender's pacing (row-locked, so every worker shares it): nothing before
+--      next_send_at, one delivery per claim with spacing, no more than the caps allow;
+--   4. takes over deliveries whose lease expired (they may have reached the bridge, which
+--      replays them by idempotency key), then takes due pending deliveries round-robin across
+--      messages (fair: every due message gets its first sends in the first batch);
+--   5. marks them `sending` with attempts + 1 and a lease, and returns what to send.
+-- The message rows are locked `for key share skip locked`: a pause or cancel (which locks the
+-- message `for update`) either commits before the claim (nothing claimed) or after it (this
+-- batch was claimed first), so a pause stops the worker within the batch in flight.
+-- Pacing is off when spacing and both caps are 0.
+-- -----------------------------------------------------------------------------
+create or replace function private.claim_deliveries(
+  p_worker text,
+  p_limit integer,
+  p_lease_seconds double precision,
+  p_sender text,
+  p_spacing_min_s double precision,
+  p_spacing_max_s double precision,
+  p_hourly_cap integer,
+  p_daily_cap integer,
+  p_warmup_days integer,
+  p_quiet_start time,
+  p_quiet_end time
+)
+returns table (
+  id uuid, message_id uuid, phone text, contact_name text, idempotency_key text, content text, attempts integer
+)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  paced boolean := p_spacing_max_s > 0 or p_hourly_cap > 0 or p_daily_cap > 0;
+  allowance integer := p_limit;
+  s private.senders;
+  used_hour integer;
+  used_day integer;
+  day_cap integer := p_daily_cap;
+  free_at timestamptz;
+  quiet_ids uuid[];
+  quiet_ends timestamptz[];
+  active uuid[];
+  per_message integer;
+  n integer;
+begin
+  if p_quiet_start is not null then
+    -- Per message first (materialised), so the window is computed once per message, not per row.
+    select coalesce(array_agg(q.id), '{}'), coalesce(array_agg(q.until), '{}') into quiet_ids, quiet_ends
+    from (
+      select m.id, private.quiet_until(p.timezone, p_quiet_start, p_quiet_end) as until
+      from public.messages m join public.profiles p on p.id = m.created_by
+      where m.status = 'sending'
+    ) q
+    where q.until is not null;
+    if cardinality(quiet_ids) > 0 then
+      update public.deliveries d set next_attempt_at = q.until
+      from unnest(quiet_ids, quiet_ends) as q (id, until)
+      where d.message_id = q.id and d.state = 'pending' and d.next_attempt_at < q.until;
+    end if;
+  end if;
+
+  if paced then
+    insert into private.senders (sender) values (p_sender) on conflict (sender) do nothing;
+    select * into s from private.senders where sender = p_sender for update;
+    if s.next_send_at > now() then
+      return;
+    end if;
+    if p_spacing_max_s > 0 then
+      allowance := 1;
+    end if;
+    if p_hourly_cap > 0 or p_daily_cap > 0 then
+      select coalesce(sum(u.sends) filter (where u.minute > now() - interval '1 hour'), 0)::integer,
+             coalesce(sum(u.sends), 0)::integer
+        into used_hour, used_day
+      from private.sender_usage u
+      where u.sender = p_sender and u.minute > now() - interval '1 day';
+      if p_warmup_days > 0 and day_cap > 0 then
+        -- Day d (from 0) of a new number may use (d + 1) / warm-up days of the daily cap.
+        day_cap := least(day_cap, ceil(
+          day_cap::numeric
+          * (floor(extract(epoch from now() - coalesce(s.first_send_at, now())) / 86400) + 1)
+          / p_warmup_days)::integer);
+      end if;
+      if p_hourly_cap > 0 and used_hour >= p_hourly_cap then
+        -- Full: the oldest minute in the window leaves it an hour after it began.
+        select min(u.minute) + interval '1 hour' into free_at
+        from private.sender_usage u where u.sender = p_sender and u.minute > now() - interval '1 hour';
+      end if;
+      if day_cap > 0 and used_day >= day_cap then
+        select greatest(free_at, min(u.minute) + interval '1 day') into free_at
+        from private.sender_usage u where u.sender = p_sender and u.minute > now() - interval '1 day';
+      end if;
+      if free_at is not null then
+        update private.senders set next_send_at = free_at where sender = p_sender;
+        return;
+      end if;
+      if p_hourly_cap > 0 then
+        allowance := least(allowance, p_hourly_cap - used_hour);
+      end if;
+      if day_cap > 0 then
+        allowance := least(allowance, day_cap - used_day);
+      end if;
+    end if;
+  end if;
+
+  select coalesce(array_agg(a.id order by a.scheduled_for nulls first, a.id), '{}') into active
+  from (
+    select m.id, m.scheduled_for
+    from public.messages m
+    where m.status = 'sending'
+      and exists (
+        select 1 from public.deliveries d
+        where d.message_id = m.id and d.state = 'pending' and d.next_attempt_at <= now()
+      )
+    order by m.scheduled_for nulls first, m.id
+    limit allowance
+    for key share of m skip locked
+  ) a;
+  per_message := ceil(allowance::numeric / greatest(cardinality(active), 1));
+
+  return query
+  with rescued as (
+    select d.id from public.deliveries d
+    where d.state = 'sending' and d.lease_expires_at < now()
+    order by d.lease_expires_at
+    limit allowance
+    for update skip locked
+  ), fresh as (
+    select f.id
+    from unnest(active) with ordinality as a (message_id, rank)
+    cross join lateral (
+      select d.id from public.deliveries d
+      where d.message_id = a.message_id and d.state = 'pending' and d.next_attempt_at <= now()
+      order by d.next_attempt_at
+      limit per_message
+      for update skip locked
+    ) f
+    limit greatest(allowance - (select count(*) from rescued), 0)
+  ), picked as (
+    select id from rescued union all select id from fresh
+  ), claimed as (
+    update public.deliveries d
+    set state = 'sending', attempts = d.attempts + 1, claimed_by = p_worker,
+        lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+    from picked where d.id = picked.id
+    returning d.id, d.message_id, d.phone, d.contact_name, d.idempotency_key, d.attempts
+  )
+  select c.id, c.message_id, c.phone, c.contact_name, c.idempotency_key, m.content, c.attempts
+  from claimed c join public.messages m on m.id = c.message_id;
+
+  get diagnostics n = row_count;
+  if paced and n > 0 then
+    insert into private.sender_usage as u (sender, minute, sends)
+    values (p_sender, date_trunc('minute', now()), n)
+    on conflict (sender, minute) do update set sends = u.sends + excluded.sends;
+    update private.senders
+    set first_send_at = coalesce(first_send_at, now()),
+        next_send_at = case when p_spacing_max_s > 0
+          then now() + make_interval(secs => p_spacing_min_s + random() * greatest(p_spacing_max_s - p_spacing_min_s, 0))
+          else next_send_at end
+    where sender = p_sender;
+  end if;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- lock_messages_of: lock the messages of these deliveries in id order before touching the
+-- deliveries. The counter trigger then updates rows this transaction already holds, so two
+-- workers (or lanes) completing batches that span the same messages cannot deadlock: every
+-- writer takes message rows in id order, and a message before its deliveries.
+-- -----------------------------------------------------------------------------
+create or replace function private.lock_messages_of(p_delivery_ids uuid[])
+returns void
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform 1 from public.messages m
+  where m.id in (select d.message_id from public.deliveries d where d.id = any(p_delivery_ids))
+  order by m.id
+  for no key update of m;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- complete_deliveries: the bridge accepted these sends. Whoever holds the lease, a send the
+-- bridge confirmed is sent; an ack that arrived first (delivered, read) is not undone.
+-- -----------------------------------------------------------------------------
+create or replace function private.complete_deliveries(p_ids uuid[], p_whatsapp_message_ids text[])
+returns integer
+language plpgsql
+set search_path = ''
+as $$
+declare
+  n integer;
+begin
+  perform private.lock_messages_of(p_ids);
+  update public.deliveries d
+  set state = case when d.state in ('pending', 'sending') then 'sent' else d.state end,
+      whatsapp_message_id = coalesce(d.whatsapp_message_id, r.whatsapp_message_id),
+      sent_at = coalesce(d.sent_at, now()),
+      lease_expires_at = null
+  from unnest(p_ids, p_whatsapp_message_ids) as r (id, whatsapp_message_id)
+  where d.id = r.id and d.state in ('pending', 'sending', 'sent', 'delivered', 'read');
+  get diagnostics n = row_count;
+  return n;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- fail_deliveries: the bridge refused these sends. Permanent errors and the last attempt fail;
+-- others wait an exponential backoff with jitter (base * 2^(attempts-1), capped, times 0.5..1).
+-- Only the lease holder may fail a delivery: after a takeover the new holder decides.
+-- A delivery of a message cancelled meanwhile is cancelled rather than retried.
+-- -----------------------------------------------------------------------------
+create or replace function private.fail_deliveries(
+  p_worker text,
+  p_ids uuid[],
+  p_codes text[],
+  p_errors text[],
+  p_permanent boolean[],
+  p_max_attempts integer,
+  p_retry_base_s double precision,
+  p_retry_max_s double precision
+)
+returns table (id uuid, state text)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+begin
+  perform private.lock_messages_of(p_ids);
+  return query
+  update public.deliveries d
+  set state = case
+        when r.permanent or d.attempts >= p_max_attempts then 'failed'
+        when m.status = 'cancelled' then 'cancelled'
+        else 'pending' end,
+      failed_at = case when r.permanent or d.attempts >= p_max_attempts then now() else d.failed_at end,
+      next_attempt_at = case
+        when r.permanent or d.attempts >= p_max_attempts or m.status = 'cancelled' then d.next_attempt_at
+        else now() + make_interval(secs => least(p_retry_max_s, p_retry_base_s * power(2, d.attempts - 1))
+                                           * (0.5 + random() / 2)) end,
+      last_error_code = r.code,
+      last_error = left(r.error, 500),
+      lease_expires_at = null
+  from unnest(p_ids, p_codes, p_errors, p_permanent) as r (id, code, error, permanent),
+       public.messages m
+  where d.id = r.id and m.id = d.message_id and d.state = 'sending' and d.claimed_by = p_worker
+  returning d.id, d.state;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- finish_messages: `sending` messages with no pending or sending delivery end: `sent` when any
+-- delivery succeeded, `failed` when none did. Null ids: every such message (the sweep).
+-- Run in its own transaction after the completion commits, so of two workers finishing the
+-- last deliveries side by side the later one always sees them all.
+-- -----------------------------------------------------------------------------
+create or replace function private.finish_messages(p_message_ids uuid[])
+returns table (
+  id uuid, created_by uuid, status text, recurrence text, scheduled_for timestamptz, timezone text
+)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+begin
+  perform 1 from public.messages m
+  where m.status = 'sending' and (p_message_ids is null or m.id = any(p_message_ids))
+  order by m.id
+  for no key update;
+  return query
+  with done as (
+    update public.messages m
+    set status = case when m.delivered_count > 0 then 'sent' else 'failed' end,
+        sent_at = case when m.delivered_count > 0 then now() else m.sent_at end,
+        lease_expires_at = null
+    where m.status = 'sending'
+      and (p_message_ids is null or m.id = any(p_message_ids))
+      and not exists (
+        select 1 from public.deliveries d where d.message_id = m.id and d.state in ('pending', 'sending')
+      )
+    returning m.id, m.created_by, m.status, m.recurrence, m.scheduled_for
+  )
+  select done.id, done.created_by, done.status, done.recurrence, done.scheduled_for,
+         coalesce(p.timezone, 'UTC')
+  from done left join public.profiles p on p.id = done.created_by;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- apply_ack: WhatsApp's word on one message. The delivery is found by the WhatsApp id or, when
+-- the ack beats the worker's completion, by the idempotency key. States only move forward
+-- (sent < delivered < read); `failed` only before `delivered`.
+-- -----------------------------------------------------------------------------
+create or replace function private.apply_ack(
+  p_whatsapp_message_id text, p_idempotency_key text, p_ack text, p_at timestamptz
+)
+returns table (message_id uuid, previous_state text, state text)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  target_message uuid;
+begin
+  if p_ack not in ('sent', 'delivered', 'read', 'failed') then
+    return;
+  end if;
+  select d.message_id into target_message from public.deliveries d
+  where d.whatsapp_message_id = p_whatsapp_message_id
+     or (p_idempotency_key is not null and d.idempotency_key = p_idempotency_key)
+  limit 1;
+  if target_message is null then
+    return;
+  end if;
+  -- Message before delivery, like every other writer (see lock_messages_of).
+  perform 1 from public.messages m where m.id = target_message for no key update;
+  return query
+  with target as (
+    select d.id, d.state,
+      (p_ack = 'sent' and d.state in ('pending', 'sending'))
+      or (p_ack = 'delivered' and d.state in ('pending', 'sending', 'sent'))
+      or (p_ack = 'read' and d.state in ('pending', 'sending', 'sent', 'delivered'))
+      or (p_ack = 'failed' and d.state in ('pending', 'sending', 'sent')) as moves
+    from public.deliveries d
+    where d.whatsapp_message_id = p_whatsapp_message_id
+       or (p_idempotency_key is not null and d.idempotency_key = p_idempotency_key)
+    for update
+  )
+  -- An ack that does not move the state may still refine a time (WhatsApp's clock is the one
+  -- that saw it happen), so sent_at <= delivered_at <= read_at holds whatever arrived first.
+  update public.deliveries d
+  set state = case when t.moves then p_ack else d.state end,
+      whatsapp_message_id = coalesce(d.whatsapp_message_id, p_whatsapp_message_id),
+      sent_at = case when p_ack <> 'failed' then least(coalesce(d.sent_at, p_at), p_at) else d.sent_at end,
+      delivered_at = case when p_ack in ('delivered', 'read') then least(coalesce(d.delivered_at, p_at), p_at)
+                          else d.delivered_at end,
+      read_at = case when p_ack = 'read' then least(coalesce(d.read_at, p_at), p_at) else d.read_at end,
+      failed_at = case when p_ack = 'failed' and t.moves then p_at else d.failed_at end,
+      last_error_code = case when p_ack = 'failed' and t.moves then 'whatsapp_failed' else d.last_error_code end,
+      last_error = case when p_ack = 'failed' and t.moves then 'WhatsApp reported the message as not delivered'
+                        else d.last_error end,
+      lease_expires_at = case when t.moves then null else d.lease_expires_at end
+  from target t
+  where d.id = t.id
+    and (t.moves or (p_ack <> 'failed' and t.state in ('sent', 'delivered', 'read')))
+  returning d.message_id, t.state, d.state;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- record_whatsapp_status: keep the bridge's last status; returns the previous one ('unknown'
+-- before the first report), so a transition is seen once even with several API processes.
+-- -----------------------------------------------------------------------------
+create or replace function private.record_whatsapp_status(p_status text, p_phone text, p_last_error text)
+returns text
+language plpgsql
+set search_path = ''
+as $$
+declare
+  previous text;
+begin
+  insert into private.whatsapp_state (status) values ('unknown') on conflict (id) do nothing;
+  select status into previous from private.whatsapp_state where id for update;
+  update private.whatsapp_state
+  set status = p_status, phone = p_phone, last_error = p_last_error, updated_at = now()
+  where id;
+  return previous;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- next_wake_at: the earliest of a scheduled message to start (p_ahead_s before it is due), a
+-- pending delivery of a sending message becoming due (its scheduled_for, a retry, the end of
+-- quiet hours; not before the sender's next_send_at when pacing applies, p_sender not null),
+-- and a lease expiring.
+-- -----------------------------------------------------------------------------
+create or replace function private.next_wake_at(p_sender text, p_ahead_s double precision)
+returns timestamptz
+language sql
+stable
+set search_path = ''
+as $$
+  select least(
+    (select min(m.scheduled_for) - make_interval(secs => p_ahead_s) from public.messages m
+     where m.status = 'scheduled'),
+    (select case when w.at is null then null
+                 else greatest(w.at, (select s.next_send_at from private.senders s where s.sender = p_sender)) end
+     from (select min(d.next_attempt_at) as at
+           from public.deliveries d join public.messages m on m.id = d.message_id
+           where d.state = 'pending' and m.status = 'sending') w),
+    (select min(d.lease_expires_at) from public.deliveries d where d.state = 'sending')
+  );
+$$;
+
+create or replace function private.next_due_at()
+returns timestamptz
+language sql
+stable
+set search_path = ''
+as $$
+  select private.next_wake_at(null, 0);
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Only the worker (service_role) runs these.
+-- -----------------------------------------------------------------------------
+revoke all on function
+  private.quiet_until(text, time, time),
+  private.lock_messages_of(uuid[]),
+  private.claim_messages(text, integer, double precision),
+  private.claim_deliveries(text, integer, double precision, text, double precision, double precision,
+                           integer, integer, integer, time, time),
+  private.complete_deliveries(uuid[], text[]),
+  private.fail_deliveries(text, uuid[], text[], text[], boolean[], integer, double precision, double precision),
+  private.finish_messages(uuid[]),
+  private.apply_ack(text, text, text, timestamptz),
+  private.record_whatsapp_status(text, text, text),
+  private.next_wake_at(text, double precision)
+  from public, anon, authenticated;
+grant execute on function
+  private.quiet_until(text, time, time),
+  private.lock_messages_of(uuid[]),
+  private.claim_messages(text, integer, double precision),
+  private.claim_deliveries(text, integer, double precision, text, double precision, double precision,
+                           integer, integer, integer, time, time),
+  private.complete_deliveries(uuid[], text[]),
+  private.fail_deliveries(text, uuid[], text[], text[], boolean[], integer, double precision, double precision),
+  private.finish_messages(uuid[]),
+  private.apply_ack(text, text, text, timestamptz),
+  private.record_whatsapp_status(text, text, text),
+  private.next_wake_at(text, double precision)
+  to service_role;
