@@ -202,6 +202,8 @@ create table public.deliveries (
   foreign key (message_id, created_by) references public.messages (id, created_by) on delete cascade
 );
 
+-- The composite foreign key to messages gets its own index (cascades and the FK check use it).
+create index deliveries_message_id_created_by_idx on public.deliveries (message_id, created_by);
 create index deliveries_created_by_idx on public.deliveries (created_by);
 create index deliveries_contact_id_idx on public.deliveries (contact_id);
 create index deliveries_work_idx on public.deliveries (message_id, next_attempt_at) where state = 'pending';

@@ -34,6 +34,10 @@ alter table public.audit_log enable row level security;
 revoke all on all tables in schema public from anon;
 revoke all on all sequences in schema public from anon;
 grant select, insert, update, delete on all tables in schema public to authenticated, service_role;
+-- TRUNCATE ignores RLS and row triggers (an append-only audit log, exact counters): never for
+-- users, on these tables nor on later ones (Supabase's default privileges grant `all`).
+revoke truncate, references, trigger on all tables in schema public from anon, authenticated;
+alter default privileges in schema public revoke truncate, references, trigger on tables from anon, authenticated;
 -- Columns only the system writes, and tables only the system changes.
 revoke insert, update, delete on public.deliveries from authenticated;
 revoke insert, delete on public.profiles from authenticated;

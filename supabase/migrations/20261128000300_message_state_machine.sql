@@ -8,12 +8,13 @@
 --   cancel    draft | scheduled | paused | sending -> cancelled
 --   duplicate any -> a new draft with the same content and groups
 -- Worker transitions (service_role only): scheduled -> sending, sending -> sent | failed.
--- sent, cancelled and failed are final.
+-- sent, cancelled and failed are final. A direct `update ... set status` (supabase-js) follows
+-- the same graph and rules: the trigger private.guard_message is where they live.
 --
 -- Refusals raise a distinct SQLSTATE (class WS) with the stable code in HINT:
 --   WS404 message_not_found      WS409 invalid_transition   WS410 not_editable
 --   WS422 scheduled_for_required WS423 scheduled_in_past    WS424 scheduled_too_far
---   WS425 no_recipients
+--   WS425 no_recipients          WS409 message_sending (deleting a message being sent)
 -- =============================================================================
 
 create or replace function private.acting_as_user()
@@ -25,7 +26,29 @@ as $$
   select current_user in ('anon', 'authenticated');
 $$;
 
--- Every status change, whoever makes it (API, supabase-js, worker), must follow the graph.
+-- The send-time rules of scheduling (a minute of grace for clock skew between the client and us).
+create or replace function private.check_send_time(p_at timestamptz)
+returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_at is null then
+    raise exception 'scheduled_for is required to schedule a message'
+      using errcode = 'WS422', hint = 'scheduled_for_required';
+  end if;
+  if p_at < now() - interval '1 minute' then
+    raise exception 'scheduled_for is in the past' using errcode = 'WS423', hint = 'scheduled_in_past';
+  end if;
+  if p_at > now() + interval '1 year' then
+    raise exception 'scheduled_for is more than one year ahead' using errcode = 'WS424', hint = 'scheduled_too_far';
+  end if;
+end;
+$$;
+
+-- Every status change, whoever makes it (API, supabase-js, worker), must follow the graph, and
+-- every way a user schedules or reschedules obeys the same send-time rules as schedule_message.
 create or replace function private.guard_message()
 returns trigger
 language plpgsql
@@ -33,12 +56,19 @@ set search_path = ''
 as $$
 declare
   as_user boolean := private.acting_as_user();
+  fanned_out boolean;
 begin
   if tg_op = 'INSERT' then
     if as_user and (new.status <> 'draft' or new.recipient_count <> 0 or new.delivered_count <> 0
                     or new.failed_count <> 0 or new.sent_at is not null or new.claimed_by is not null) then
       raise exception 'a new message starts as a draft with no deliveries'
         using errcode = 'WS409', hint = 'invalid_transition';
+    end if;
+    if as_user then
+      -- Only the worker links an occurrence to its series: a link to someone else's message would
+      -- take that series' one next-occurrence slot.
+      new.recurrence_parent_id := null;
+      new.lease_expires_at := null;
     end if;
     return new;
   end if;
@@ -59,21 +89,51 @@ begin
       raise exception 'cannot move a message from % to %', old.status, new.status
         using errcode = 'WS409', hint = 'invalid_transition';
     end if;
+    -- Resume goes back to `scheduled` before the fan-out and to `sending` after it: a message
+    -- never sends without its deliveries.
+    if old.status = 'paused' and new.status in ('scheduled', 'sending') then
+      select exists (select 1 from public.deliveries d where d.message_id = new.id) into fanned_out;
+      if fanned_out <> (new.status = 'sending') then
+        raise exception 'a paused message % resumes to %',
+          case when fanned_out then 'already fanned out' else 'not fanned out yet' end,
+          case when fanned_out then 'sending' else 'scheduled' end
+          using errcode = 'WS409', hint = 'invalid_transition';
+      end if;
+    end if;
+  end if;
+
+  if as_user and (new.content, new.scheduled_for, new.recurrence)
+                 is distinct from (old.content, old.scheduled_for, old.recurrence)
+     and old.status not in ('draft', 'scheduled', 'paused') then
+    raise exception 'a % message can no longer be edited', old.status
+      using errcode = 'WS410', hint = 'not_editable';
+  end if;
+
+  if old.status = 'draft' and new.status = 'scheduled' then
+    perform private.check_send_time(new.scheduled_for);
+    if public.message_recipient_count(new.id) = 0 then
+      raise exception 'the message''s groups reach no active contact' using errcode = 'WS425', hint = 'no_recipients';
+    end if;
+  elsif as_user and new.status in ('scheduled', 'paused') and new.scheduled_for is distinct from old.scheduled_for then
+    -- A user rescheduling a scheduled or paused message follows the same rules.
+    perform private.check_send_time(new.scheduled_for);
   end if;
 
   if as_user then
-    if (new.content, new.scheduled_for, new.recurrence) is distinct from (old.content, old.scheduled_for, old.recurrence)
-       and old.status not in ('draft', 'scheduled', 'paused') then
-      raise exception 'a % message can no longer be edited', old.status
-        using errcode = 'WS410', hint = 'not_editable';
-    end if;
-    -- Counters, send times and leases belong to the worker.
+    -- Counters, send times, leases and series links belong to the worker.
     new.recipient_count := old.recipient_count;
     new.delivered_count := old.delivered_count;
     new.failed_count := old.failed_count;
     new.sent_at := old.sent_at;
-    new.claimed_by := old.claimed_by;
-    new.lease_expires_at := old.lease_expires_at;
+    new.recurrence_parent_id := old.recurrence_parent_id;
+    if old.status = 'paused' and new.status in ('scheduled', 'sending') then
+      -- A resumed message is picked up by any worker at once.
+      new.claimed_by := null;
+      new.lease_expires_at := null;
+    else
+      new.claimed_by := old.claimed_by;
+      new.lease_expires_at := old.lease_expires_at;
+    end if;
   end if;
   return new;
 end;
@@ -82,7 +142,26 @@ $$;
 create trigger messages_guard before insert or update on public.messages
   for each row execute function private.guard_message();
 
--- Groups of a message change only while it is still editable.
+-- A message being sent cannot be deleted by a user (pause or cancel it first), whatever the path.
+create or replace function private.guard_message_delete()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if old.status = 'sending' and private.acting_as_user() then
+    raise exception 'the message is being sent; pause or cancel it before deleting it'
+      using errcode = 'WS409', hint = 'message_sending';
+  end if;
+  return old;
+end;
+$$;
+
+create trigger messages_guard_delete before delete on public.messages
+  for each row execute function private.guard_message_delete();
+
+-- Groups of a message change only while it is still editable. The message row is share-locked so
+-- a claim (which fans out from these groups) either sees the change or comes after it.
 create or replace function private.guard_message_groups()
 returns trigger
 language plpgsql
@@ -91,18 +170,25 @@ as $$
 declare
   current_status text;
 begin
-  select status into current_status from public.messages
-  where id = coalesce(new.message_id, old.message_id);
-  if current_status is not null and current_status not in ('draft', 'scheduled', 'paused')
-     and private.acting_as_user() then
-    raise exception 'the groups of a % message can no longer be changed', current_status
-      using errcode = 'WS410', hint = 'not_editable';
+  if not private.acting_as_user() then
+    return coalesce(new, old);
   end if;
+  for current_status in
+    select m.status from public.messages m
+    where m.id in (new.message_id, old.message_id)
+    order by m.id
+    for share
+  loop
+    if current_status not in ('draft', 'scheduled', 'paused') then
+      raise exception 'the groups of a % message can no longer be changed', current_status
+        using errcode = 'WS410', hint = 'not_editable';
+    end if;
+  end loop;
   return coalesce(new, old);
 end;
 $$;
 
-create trigger message_groups_guard before insert or delete on public.message_groups
+create trigger message_groups_guard before insert or update or delete on public.message_groups
   for each row execute function private.guard_message_groups();
 
 -- -----------------------------------------------------------------------------
@@ -147,27 +233,13 @@ set search_path = ''
 as $$
 declare
   m public.messages := private.lock_message(p_message_id);
-  at timestamptz := coalesce(p_scheduled_for, m.scheduled_for);
 begin
   if m.status <> 'draft' then
     raise exception 'only a draft can be scheduled; this message is %', m.status
       using errcode = 'WS409', hint = 'invalid_transition';
   end if;
-  if at is null then
-    raise exception 'scheduled_for is required to schedule a message'
-      using errcode = 'WS422', hint = 'scheduled_for_required';
-  end if;
-  -- A minute of grace for clock skew between the client and us.
-  if at < now() - interval '1 minute' then
-    raise exception 'scheduled_for is in the past' using errcode = 'WS423', hint = 'scheduled_in_past';
-  end if;
-  if at > now() + interval '1 year' then
-    raise exception 'scheduled_for is more than one year ahead' using errcode = 'WS424', hint = 'scheduled_too_far';
-  end if;
-  if public.message_recipient_count(p_message_id) = 0 then
-    raise exception 'the message''s groups reach no active contact' using errcode = 'WS425', hint = 'no_recipients';
-  end if;
-  update public.messages set status = 'scheduled', scheduled_for = at
+  -- private.guard_message applies the rules: WS422 required, WS423 past, WS424 too far, WS425 no recipients.
+  update public.messages set status = 'scheduled', scheduled_for = coalesce(p_scheduled_for, m.scheduled_for)
   where id = p_message_id
   returning * into m;
   return m;
@@ -262,9 +334,15 @@ as $$
 declare
   n integer;
 begin
+  -- Security definer sees every message: the caller must be its owner, an admin or the service.
   update public.deliveries set state = 'cancelled'
   where message_id = p_message_id and state = 'pending'
-    and exists (select 1 from public.messages where id = p_message_id and status = 'cancelled');
+    and exists (
+      select 1 from public.messages m
+      where m.id = p_message_id and m.status = 'cancelled'
+        and (m.created_by = (select auth.uid()) or (select private.is_admin())
+             or (select auth.role()) = 'service_role')
+    );
   get diagnostics n = row_count;
   return n;
 end;

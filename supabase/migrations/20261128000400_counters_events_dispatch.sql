@@ -13,13 +13,24 @@ security definer
 set search_path = ''
 as $$
 begin
+  -- Each row contributes +1 (new) or -1 (old) to its group; an update that moves a member between
+  -- groups is both.
   if tg_op = 'INSERT' then
     update public.groups g set contact_count = g.contact_count + d.n
     from (select group_id, count(*)::integer as n from new_rows group by group_id) d
     where g.id = d.group_id;
-  else
+  elsif tg_op = 'DELETE' then
     update public.groups g set contact_count = greatest(g.contact_count - d.n, 0)
     from (select group_id, count(*)::integer as n from old_rows group by group_id) d
+    where g.id = d.group_id;
+  else
+    update public.groups g set contact_count = greatest(g.contact_count + d.n, 0)
+    from (
+      select group_id, sum(n)::integer as n
+      from (select group_id, 1 as n from new_rows union all select group_id, -1 from old_rows) changes
+      group by group_id
+      having sum(n) <> 0
+    ) d
     where g.id = d.group_id;
   end if;
   return null;
@@ -29,9 +40,34 @@ $$;
 create trigger group_contacts_count_insert after insert on public.group_contacts
   referencing new table as new_rows
   for each statement execute function private.count_group_contacts();
+create trigger group_contacts_count_update after update on public.group_contacts
+  referencing old table as old_rows new table as new_rows
+  for each statement execute function private.count_group_contacts();
 create trigger group_contacts_count_delete after delete on public.group_contacts
   referencing old table as old_rows
   for each statement execute function private.count_group_contacts();
+
+-- The count is the trigger's alone: users can neither seed nor overwrite it.
+create or replace function private.keep_group_count()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if not private.acting_as_user() then
+    return new;
+  end if;
+  if tg_op = 'INSERT' then
+    new.contact_count := 0;
+  else
+    new.contact_count := old.contact_count;
+  end if;
+  return new;
+end;
+$$;
+
+create trigger groups_keep_count before insert or update on public.groups
+  for each row execute function private.keep_group_count();
 
 -- -----------------------------------------------------------------------------
 -- messages.recipient_count / delivered_count / failed_count from deliveries.
