@@ -15,7 +15,7 @@ from whatsched import __version__
 from whatsched.api import errors
 from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
-from whatsched.api.routes import analytics, auth, health, notifications, reports, sync
+from whatsched.api.routes import analytics, auth, bridge_events, health, notifications, reports, sync
 from whatsched.api.routes import messages as messages_routes
 from whatsched.api.routes import metrics as metrics_routes
 from whatsched.api.routes import ws as ws_routes
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.jwks_router)
     app.include_router(messages_routes.router)
     app.include_router(ws_routes.router)
+    app.include_router(bridge_events.router)
     app.include_router(notifications.router)
     app.include_router(analytics.router)
     app.include_router(reports.router)
