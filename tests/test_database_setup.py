@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import asyncpg
 
@@ -90,3 +91,18 @@ async def test_the_app_connection_is_not_a_superuser(prepared: Prepared) -> None
         await conn.close()
     assert row["current_user"] == "authenticator"
     assert row["rolsuper"] is False and row["rolbypassrls"] is False
+
+
+async def test_deleting_a_user_removes_everything_they_own(admin: asyncpg.Connection, make_user: Any) -> None:
+    user = await make_user()
+    await admin.execute(
+        "insert into public.messages (created_by, content) values ($1::uuid, 'hola'), ($1::uuid, 'chao')", user.id
+    )
+    await admin.execute("delete from auth.users where id = $1::uuid", user.id)
+    left = await admin.fetchval(
+        "select (select count(*) from public.messages where created_by = $1::uuid)"
+        " + (select count(*) from public.message_counts where created_by = $1::uuid)"
+        " + (select count(*) from public.profiles where id = $1::uuid)",
+        user.id,
+    )
+    assert left == 0

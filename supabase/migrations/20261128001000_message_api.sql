@@ -41,9 +41,11 @@ begin
     select created_by, status, count(*)::integer from new_rows group by 1, 2 order by 1, 2
     on conflict (created_by, status) do update set n = c.n + excluded.n;
   elsif tg_op = 'DELETE' then
-    insert into public.message_counts as c (created_by, status, n)
-    select created_by, status, -count(*)::integer from old_rows group by 1, 2 order by 1, 2
-    on conflict (created_by, status) do update set n = c.n + excluded.n;
+    -- Update only: when a user is deleted, the cascade may already have removed their counters,
+    -- and re-creating them would violate the foreign key.
+    update public.message_counts c set n = c.n - d.n
+    from (select created_by, status, count(*)::integer as n from old_rows group by 1, 2 order by 1, 2) d
+    where c.created_by = d.created_by and c.status = d.status;
   else
     insert into public.message_counts as c (created_by, status, n)
     select created_by, status, sum(d)::integer
@@ -127,8 +129,10 @@ as $$
 begin
   if tg_op = 'INSERT' then
     perform private.refresh_audiences(array(select distinct message_id from new_rows));
-  else
+  elsif tg_op = 'DELETE' then
     perform private.refresh_audiences(array(select distinct message_id from old_rows));
+  else
+    perform private.refresh_audiences(array(select message_id from new_rows union select message_id from old_rows));
   end if;
   return null;
 end;
@@ -139,6 +143,9 @@ create trigger message_groups_audience_insert after insert on public.message_gro
   for each statement execute function private.audience_after_message_groups();
 create trigger message_groups_audience_delete after delete on public.message_groups
   referencing old table as old_rows
+  for each statement execute function private.audience_after_message_groups();
+create trigger message_groups_audience_update after update on public.message_groups
+  referencing old table as old_rows new table as new_rows
   for each statement execute function private.audience_after_message_groups();
 
 create or replace function private.audience_after_group_contacts()
@@ -153,10 +160,15 @@ begin
       select distinct mg.message_id from public.message_groups mg
       where mg.group_id in (select distinct group_id from new_rows)
     ));
-  else
+  elsif tg_op = 'DELETE' then
     perform private.refresh_audiences(array(
       select distinct mg.message_id from public.message_groups mg
       where mg.group_id in (select distinct group_id from old_rows)
+    ));
+  else
+    perform private.refresh_audiences(array(
+      select distinct mg.message_id from public.message_groups mg
+      where mg.group_id in (select group_id from new_rows union select group_id from old_rows)
     ));
   end if;
   return null;
@@ -168,6 +180,9 @@ create trigger group_contacts_audience_insert after insert on public.group_conta
   for each statement execute function private.audience_after_group_contacts();
 create trigger group_contacts_audience_delete after delete on public.group_contacts
   referencing old table as old_rows
+  for each statement execute function private.audience_after_group_contacts();
+create trigger group_contacts_audience_update after update on public.group_contacts
+  referencing old table as old_rows new table as new_rows
   for each statement execute function private.audience_after_group_contacts();
 
 -- A contact becomes (un)reachable: active flag, opt-out, or a phone change (de-duplication by phone).
