@@ -75,7 +75,10 @@ _STATUS_CODES = {
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """("body", "operations", 1, "path") -> "operations.1.path": only the first part says where."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
     return ".".join(parts) or (str(loc[0]) if loc else "")
 
 
