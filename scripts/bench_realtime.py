@@ -110,13 +110,12 @@ async def seed(admin_url: str, settings: Settings, n: int, deliveries: int) -> l
 
 
 class Clients:
-    """The sockets, read by one task each; progress arrivals are matched to commit times."""
+    """Sockets of one client process, read by one task each; arrivals are matched to commits later."""
 
-    def __init__(self, api: ApiProcess, compression: str | None) -> None:
-        self.api = api
+    def __init__(self, base_url: str, compression: str | None) -> None:
+        self.base_url = base_url
         self.compression = compression
         self.sockets: list[ClientConnection] = []
-        self.commit_at: dict[tuple[str, int], tuple[float, float]] = {}  # (before, after) the commit
         self.arrivals: list[tuple[str, int, float]] = []
         self.readers: list[asyncio.Task[None]] = []
 
@@ -125,7 +124,9 @@ class Clients:
 
         async def one(user_id: str, token: str) -> ClientConnection:
             async with gate:
-                ws = await connect(self.api.ws_url(user_id), proxy=None, compression=self.compression, open_timeout=60)
+                ws = await connect(
+                    f"{self.base_url}/ws/{user_id}", proxy=None, compression=self.compression, open_timeout=60
+                )
                 await ws.send(json.dumps({"type": "auth", "token": token}))
                 reply = json.loads(await ws.recv())
                 assert reply == {"type": "auth_ok"}, reply
@@ -146,22 +147,10 @@ class Clients:
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
-            now = time.perf_counter()
+            now = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes on one machine
             frame = json.loads(raw)
             if frame.get("type") == "message_progress":
-                # matched after the run: the event may arrive before the driver sees its commit return
                 self.arrivals.append((frame["message_id"], frame["sent"], now))
-
-    def latencies(self) -> tuple[list[float], list[float]]:
-        """Per event: arrival minus the time right after the commit returned, and minus the time
-        the commit was sent (an upper bound)."""
-        after, before = [], []
-        for message_id, sent, arrived in self.arrivals:
-            committed = self.commit_at.get((message_id, sent))
-            if committed is not None:
-                before.append(arrived - committed[0])
-                after.append(arrived - committed[1])
-        return after, before
 
     async def close(self) -> None:
         for task in self.readers:
@@ -169,8 +158,113 @@ class Clients:
         await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
 
 
+def run_client_process(args: argparse.Namespace) -> None:
+    """A client process, driven by lines on stdin: it opens its sockets, then `subscribe`, then
+    `stop` (arrivals written to --arrivals as JSON)."""
+    raise_open_files_limit(10_000)
+    users = [tuple(u) for u in json.loads(Path(args.client_of).read_text())]
+    arrivals = asyncio.run(client_process(args, users))  # type: ignore[arg-type]
+    Path(args.arrivals).write_text(json.dumps(arrivals))
+    print("done", flush=True)
+
+
+async def client_process(args: argparse.Namespace, users: list[tuple[str, str, str]]) -> list[tuple[str, int, float]]:
+    clients = Clients(args.base_url, None if args.compression == "none" else "deflate")
+    await clients.open(users)
+    assert clients.sockets[0].response is not None
+    print("open", clients.sockets[0].response.headers.get("Sec-WebSocket-Extensions") or "none", flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while command := (await reader.readline()).decode().strip():
+        if command == "subscribe":
+            await clients.subscribe(users)
+            print("subscribed", flush=True)
+        elif command == "stop":
+            break
+    await clients.close()
+    return clients.arrivals
+
+
+class ClientProcesses:
+    """The sockets spread over a few client processes, as real clients are not in the server's
+    process nor in the driver's."""
+
+    def __init__(self, base_url: str, users: list[tuple[str, str, str]], processes: int, compression: str) -> None:
+        self.base_url, self.users, self.compression = base_url, users, compression
+        self.shares = [users[i::processes] for i in range(processes)]
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.folder = Path(tempfile.mkdtemp(prefix="whatsched-bench-clients-"))
+        self.commit_at: dict[tuple[str, int], tuple[float, float]] = {}  # (before, after) the commit
+
+    async def _ask(self, command: str | None, expect: str) -> list[str]:
+        answers = []
+        for proc in self.procs:
+            assert proc.stdin is not None and proc.stdout is not None
+            if command is not None:
+                proc.stdin.write(command.encode() + b"\n")
+                await proc.stdin.drain()
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = (await proc.stdout.readline()).decode().strip()
+            if not line.startswith(expect):
+                raise RuntimeError(f"client process answered {line!r}, expected {expect!r}")
+            answers.append(line)
+        return answers
+
+    async def open(self) -> str:
+        for i, share in enumerate(self.shares):
+            (self.folder / f"users-{i}.json").write_text(json.dumps(share))
+            self.procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--client-of",
+                    str(self.folder / f"users-{i}.json"),
+                    "--arrivals",
+                    str(self.folder / f"arrivals-{i}.json"),
+                    "--base-url",
+                    self.base_url,
+                    "--compression",
+                    self.compression,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            )
+        answers = await self._ask(None, "open")
+        return answers[0].split(" ", 1)[1]
+
+    async def subscribe(self) -> None:
+        await self._ask("subscribe", "subscribed")
+
+    async def stop(self) -> list[tuple[str, int, float]]:
+        await self._ask("stop", "done")
+        for proc in self.procs:
+            await proc.wait()
+        arrivals = []
+        for i in range(len(self.procs)):
+            arrivals += [tuple(a) for a in json.loads((self.folder / f"arrivals-{i}.json").read_text())]
+        return arrivals  # type: ignore[return-value]
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.kill()
+
+    def latencies(self, arrivals: list[tuple[str, int, float]]) -> tuple[list[float], list[float]]:
+        """Per event: arrival minus the time right after the commit returned, and minus the time
+        the commit was sent (an upper bound)."""
+        after, before = [], []
+        for message_id, sent, arrived in arrivals:
+            committed = self.commit_at.get((message_id, sent))
+            if committed is not None:
+                before.append(arrived - committed[0])
+                after.append(arrived - committed[1])
+        return after, before
+
+
 async def drive(
-    admin_url: str, clients: Clients, message_ids: list[str], rate: float, tick: float, seconds: float
+    admin_url: str, clients: ClientProcesses, message_ids: list[str], rate: float, tick: float, seconds: float
 ) -> int:
     """Update deliveries as the worker does: every `tick` one commit finishes one delivery for each
     message in the next slice, so every message advances `rate` times per second."""
@@ -240,33 +334,43 @@ async def main(args: argparse.Namespace) -> None:
             proc = psutil.Process(api.pid)
             compression = None if args.compression == "none" else "deflate"
 
-            warm = Clients(api, compression)  # import and allocate everything a socket touches once
+            base_url = f"ws://127.0.0.1:{api.port}"
+            warm = Clients(base_url, compression)  # import and allocate everything a socket touches once
             await warm.open(users[:20])
             await warm.close()
             await asyncio.sleep(2)
             rss_before = proc.memory_info().rss
-            clients = Clients(api, compression)
-            started = time.perf_counter()
-            await clients.open(users)
-            opened = time.perf_counter() - started
-            await asyncio.sleep(3)
-            rss_after = proc.memory_info().rss
-            per_socket = (rss_after - rss_before) / len(users)
-            print(f"opened and authenticated {len(users)} sockets in {opened:.1f} s", flush=True)
-            print(
-                f"API RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB with {len(users)} idle "
-                f"sockets -> {per_socket / 1024:.1f} KiB per idle socket (compression: {args.compression})",
-                flush=True,
-            )
+            clients = ClientProcesses(base_url, users, args.client_processes, args.compression)
+            try:
+                started = time.perf_counter()
+                negotiated = await clients.open()
+                opened = time.perf_counter() - started
+                await asyncio.sleep(3)
+                rss_after = proc.memory_info().rss
+                per_socket = (rss_after - rss_before) / len(users)
+                print(
+                    f"opened and authenticated {len(users)} sockets from {args.client_processes} client processes "
+                    f"in {opened:.1f} s",
+                    flush=True,
+                )
+                print(
+                    f"API RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB with {len(users)} "
+                    f"idle sockets -> {per_socket / 1024:.1f} KiB per idle socket (clients offer: {args.compression}; "
+                    f"negotiated: {negotiated})",
+                    flush=True,
+                )
 
-            await clients.subscribe(users)
-            expected = await drive(
-                prepared.admin_url, clients, [m for _, _, m in users], args.rate, args.tick, args.seconds
-            )
-            await asyncio.sleep(2)  # let the last events arrive
-            cpu = proc.cpu_times()
-            await clients.close()
-            after, before = clients.latencies()
+                await clients.subscribe()
+                cpu_before = proc.cpu_times()
+                expected = await drive(
+                    prepared.admin_url, clients, [m for _, _, m in users], args.rate, args.tick, args.seconds
+                )
+                await asyncio.sleep(2)  # let the last events arrive
+                cpu = proc.cpu_times()
+                arrivals = await clients.stop()
+            finally:
+                clients.kill()
+            after, before = clients.latencies(arrivals)
             print(
                 f"fan-out: {expected} progress events over {args.seconds:g} s "
                 f"({expected / args.seconds:.0f}/s; {args.rate:g} update/s per message, one commit every "
@@ -281,7 +385,8 @@ async def main(args: argparse.Namespace) -> None:
                         f"p95 {percentile(ms, 95):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms",
                         flush=True,
                     )
-            print(f"API process CPU: user {cpu.user:.1f} s, system {cpu.system:.1f} s", flush=True)
+            busy = (cpu.user + cpu.system) - (cpu_before.user + cpu_before.system)
+            print(f"API process CPU while sending: {busy:.1f} s over {args.seconds:g} s", flush=True)
         finally:
             if api is not None:
                 api.stop()
@@ -305,4 +410,13 @@ if __name__ == "__main__":
         default="deflate",
         help="what the clients offer (browsers offer permessage-deflate)",
     )
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--client-processes", type=int, default=2)
+    # internal: run as one of the client processes
+    parser.add_argument("--client-of", help=argparse.SUPPRESS)
+    parser.add_argument("--arrivals", help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.client_of:
+        run_client_process(arguments)
+    else:
+        asyncio.run(main(arguments))
