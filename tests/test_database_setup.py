@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import asyncpg
+import pytest
 
 from whatsched.db import bootstrap, migrate
 from whatsched.db.setup import Prepared
@@ -106,3 +107,36 @@ async def test_deleting_a_user_removes_everything_they_own(admin: asyncpg.Connec
         user.id,
     )
     assert left == 0
+
+
+async def test_every_user_may_join_the_whatsapp_topic_but_not_anothers(
+    prepared: Prepared, admin: asyncpg.Connection, make_user: Any
+) -> None:
+    a, b = await make_user(), await make_user()
+    await admin.execute(
+        "insert into realtime.messages (topic, event, payload, private) values"
+        " ('whatsapp', 'whatsapp_status', '{}', true), ('user:' || $1, 'x', '{}', true)",
+        a.id,
+    )
+    conn = await asyncpg.connect(prepared.app_url)
+    try:
+        seen = {}
+        for topic in ("whatsapp", f"user:{a.id}"):
+            async with conn.transaction():
+                await conn.execute(
+                    "select set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true),"
+                    " set_config('realtime.topic', $2, true)",
+                    json.dumps(b.claims),
+                    topic,
+                )
+                seen[topic] = await conn.fetchval("select count(*) from realtime.messages where topic = $1", topic)
+    finally:
+        await conn.close()
+    assert seen == {"whatsapp": 1, f"user:{a.id}": 0}
+
+
+async def test_profile_timezones_are_checked_by_the_database(admin: asyncpg.Connection, make_user: Any) -> None:
+    user = await make_user()
+    await admin.execute("update public.profiles set timezone = 'America/Santiago' where id = $1::uuid", user.id)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await admin.execute("update public.profiles set timezone = 'Mars/Olympus' where id = $1::uuid", user.id)

@@ -163,11 +163,13 @@ create policy "audit_log: append own" on public.audit_log
   with check (actor_id = (select auth.uid()));
 
 -- -----------------------------------------------------------------------------
--- Realtime: a user may join only their own private topic `user:<uuid>`; admins any.
+-- Realtime: a user may join only their own private topic `user:<uuid>` and the shared
+-- `whatsapp` topic (the connection state every user sees); admins any.
 -- -----------------------------------------------------------------------------
 create policy "realtime: join own user topic" on realtime.messages
   for select to authenticated
   using (
     (select realtime.topic()) = 'user:' || (select auth.uid())::text
+    or (select realtime.topic()) = 'whatsapp'
     or (select private.is_admin())
   );

@@ -136,7 +136,7 @@ async def _relay_status(res: Resources, event: WhatsAppStatus) -> None:
         previous = await conn.fetchval(
             "select private.record_whatsapp_status($1, $2, $3)", event.status, event.phone, event.last_error
         )
-        await conn.execute("select realtime.send($1::jsonb, 'whatsapp_status', 'whatsapp', true)", frame)
+        await conn.execute("select private.broadcast($1::jsonb, 'whatsapp_status', 'whatsapp')", frame)
         if event.status == "disconnected" and previous != "disconnected":
             told = await notify.disconnected(conn, event.last_error)
             log.warning("WhatsApp disconnected (%s); %s user(s) notified", event.last_error or "no reason given", told)
