@@ -41,6 +41,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from api_processes import ApiProcess  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+import benchlib  # noqa: E402
+
 from whatsched.auth.keys import local_signing_key  # noqa: E402
 from whatsched.auth.tokens import issue_access_token  # noqa: E402
 from whatsched.config import Settings  # noqa: E402
@@ -359,6 +362,8 @@ async def main(args: argparse.Namespace) -> None:
                     f"negotiated: {negotiated})",
                     flush=True,
                 )
+                benchlib.record("realtime", f"API memory per idle socket ({len(users)} sockets)", per_socket / 1024,
+                                "KiB", "< 50 KB")  # fmt: skip
 
                 await clients.subscribe()
                 cpu_before = proc.cpu_times()
@@ -385,6 +390,10 @@ async def main(args: argparse.Namespace) -> None:
                         f"p95 {percentile(ms, 95):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms",
                         flush=True,
                     )
+                    if label.startswith("after"):
+                        benchlib.record("realtime", "fan-out latency commit -> client p50", statistics.median(ms), "ms")
+                        benchlib.record("realtime", "fan-out latency commit -> client p99", percentile(ms, 99), "ms",
+                                        "< 100")  # fmt: skip
             busy = (cpu.user + cpu.system) - (cpu_before.user + cpu_before.system)
             print(f"API process CPU while sending: {busy:.1f} s over {args.seconds:g} s", flush=True)
         finally:
