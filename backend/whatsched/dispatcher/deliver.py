@@ -14,8 +14,6 @@ from whatsched.dispatcher.claim import Claimed
 
 # Refusals that no retry can change: the number, or the request itself, is wrong.
 PERMANENT = frozenset({"not_registered", "invalid_number", "bad_request", "payload_too_large"})
-# Refusals that mean the bridge or WhatsApp as a whole cannot send right now.
-BRIDGE_WIDE = frozenset({"bridge_unreachable", "not_connected", "unauthorized"})
 
 
 @dataclass(frozen=True, slots=True)
