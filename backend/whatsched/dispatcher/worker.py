@@ -117,7 +117,7 @@ class Worker:
                 except RECOVERABLE as exc:
                     log.warning("worker %s: %s; reconnecting in %.1f s", self.id, _describe(exc), delay)
                     await self._close()
-                    await self._sleep(delay)
+                    await self._back_off(delay)
                     delay = min(delay * 2, 30.0)
         finally:
             if scheduler.running:
@@ -208,6 +208,12 @@ class Worker:
             for done in await complete.finish(conn, sorted({d.message_id for d in batch})):
                 log.info("message %s finished: %s", done.id, done.status)
         return claimed
+
+    async def _back_off(self, seconds: float) -> None:
+        """Before reconnecting: only stop() cuts it short. A wake-up (a lost LISTEN connection sets
+        one) must not, or a database outage turns into a tight loop of connection attempts."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _sleep(self, seconds: float | None) -> None:
         """Until `seconds` pass (None: indefinitely), a NOTIFY or stop()."""
