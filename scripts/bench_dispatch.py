@@ -37,6 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.bridge_process import BridgeProcess, WorkerProcess  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchlib  # noqa: E402
+
 from whatsched.config import Settings  # noqa: E402
 from whatsched.db.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from whatsched.db.setup import prepare  # noqa: E402
@@ -244,6 +248,11 @@ async def main() -> int:
                     f" duplicates in outbox: {int(r['duplicates'])}; fan-out done at {r['fanned_out']:+.2f} s"
                     + ("" if ok else "  <-- MISMATCH")
                 )
+                label = f"{workers} worker{'s' if workers > 1 else ''}"
+                benchlib.record("dispatch", f"deliveries/s, {label}", r["rate"], "/s", ">= 500")
+                benchlib.record("dispatch", f"lag scheduled_for -> first send p99, {label}", r["lag_p99"] * 1000,
+                                "ms", "< 1000")  # fmt: skip
+                benchlib.record("dispatch", f"duplicates in outbox, {label}", r["duplicates"], "", "0")
             if args.keep_logs:
                 keep = Path(tempfile.mkdtemp(prefix="whatsched-bench-logs-"))
                 for log in (tmp / "logs").glob("*.log"):
