@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -209,6 +210,64 @@ def users_promote(email: str) -> None:
 
     asyncio.run(run())
     typer.echo(f"{email} is now an admin")
+
+
+contacts = typer.Typer(help="Manage contacts.", no_args_is_help=True)
+app.add_typer(contacts, name="contacts")
+
+
+@contacts.command("import")
+@clear_errors
+def contacts_import(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="CSV, TXT, XLSX, XLS or ODS."),
+    user: str = typer.Option(..., "--user", help="Email of the user who will own the contacts."),
+    group: list[str] = typer.Option([], "--group", help="Group id or name to add every contact to (repeatable)."),
+    on_duplicate: str = typer.Option("skip", "--on-duplicate", help="A phone already in the contacts: skip or update."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would happen; write nothing."),
+    country: str | None = typer.Option(None, "--country", help="Country of national numbers (default: the profile's)."),
+    sheet: str | None = typer.Option(None, "--sheet", help="Workbook sheet to read (default: the first)."),
+    mapping: str | None = typer.Option(None, "--mapping", help='Columns as JSON, e.g. \'{"phone": "Celular"}\'.'),
+    as_json: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
+) -> None:
+    """Import contacts from a file for a user, all or nothing (the same import as POST /api/contacts/import)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from whatsched.db.setup import resolve_app_url
+    from whatsched.imports import command
+    from whatsched.imports.refusal import ImportRefused
+
+    settings = get_settings()
+    bar = Progress(
+        TextColumn("{task.description:<15}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )
+    task = bar.add_task("reading", total=None)
+
+    def show(stage: str, processed: int, total: int) -> None:
+        bar.update(task, description=stage, completed=processed, total=total or None)
+
+    async def run(data: bytes) -> Any:
+        return await command.run(
+            settings,
+            await resolve_app_url(settings),
+            data,
+            file.name,
+            user,
+            groups=group,
+            on_duplicate=on_duplicate,
+            dry_run=dry_run,
+            country=country,
+            sheet=sheet,
+            mapping=mapping,
+            listener=show,
+        )
+
+    try:
+        data = command.read_file(file, settings.import_max_bytes)
+        with bar:
+            result = asyncio.run(run(data))
+    except ImportRefused as refused:
+        raise ConfigError(f"{refused.detail} ({refused.code})") from None
+    typer.echo(command.as_json(result) if as_json else command.summary(result, file.name, user))
 
 
 def main() -> None:

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     send_daily_cap: int = Field(default=1000, ge=0)
     quiet_hours: str = "21:00-08:00"
 
+    # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
+    import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    import_max_rows: int = Field(default=200_000, ge=1)
+
     @field_validator("database_url", "app_database_url", "redis_url", "supabase_url", "jwt_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

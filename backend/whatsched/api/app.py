@@ -15,7 +15,7 @@ from whatsched import __version__
 from whatsched.api import errors
 from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
-from whatsched.api.routes import analytics, auth, bridge_events, health, notifications, reports, sync
+from whatsched.api.routes import analytics, auth, bridge_events, contacts_import, health, notifications, reports, sync
 from whatsched.api.routes import contacts as contacts_routes
 from whatsched.api.routes import groups as groups_routes
 from whatsched.api.routes import messages as messages_routes
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(messages_routes.router)
     app.include_router(groups_routes.router)
     app.include_router(contacts_routes.router)
+    app.include_router(contacts_import.router)
     app.include_router(ws_routes.router)
     app.include_router(bridge_events.router)
     app.include_router(notifications.router)

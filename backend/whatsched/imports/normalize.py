@@ -1,0 +1,234 @@
+"""From a table to the rows to write, batch by batch: phones to E.164 with
+`whatsched.phones.normalize`, names and emails checked, duplicates inside the file resolved, and
+every refused row reported with the row number and column a person sees.
+
+Phone parsing is the expensive step (tens of microseconds a number), so each distinct string is
+parsed once: pandas factorises the phone column, whose distinct values come in order of first
+appearance, so batch k needs exactly the strings that first appear in it. For large files those
+strings go to the process pool (both cores) as soon as the file is read, and each batch is handed
+to the writer the moment its numbers are known: Postgres writes batch k while the workers parse
+batch k+1.
+
+Duplicates: the first row of a phone wins with on_duplicate=skip, the last with update. Across
+batches, `seen` remembers the phones already written; in update mode a later row for such a phone
+becomes a "repeat" the writer applies on top (and it counts as a duplicate of the file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from whatsched.imports import phone_pool
+from whatsched.imports.phone_pool import PhoneResult, parse_chunk
+
+if TYPE_CHECKING:
+    from whatsched.imports.columns import ColumnPlan
+    from whatsched.imports.reader import Table
+
+log = logging.getLogger("whatsched.imports")
+
+OnDuplicate = Literal["skip", "update"]
+Record = tuple[str, str | None, str | None]  # (phone E.164, name or None, email or None)
+
+MAX_INVALID_LISTED = 1_000
+NAME_MAX = 200
+EMAIL_MAX = 320
+VALUE_SHOWN_MAX = 200
+EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"  # the database's check on contacts.email
+BATCH_ROWS = 10_000
+FIRST_BATCH_ROWS = 2_000  # small, so Postgres starts writing as soon as a few numbers are parsed
+# Below this many distinct numbers one thread beats shipping them to other processes.
+PARALLEL_MIN_DISTINCT = 10_000
+
+
+@dataclass(frozen=True)
+class Invalid:
+    row: int
+    column: str
+    value: str
+    reason: str
+
+
+@dataclass
+class Batch:
+    rows: int  # data rows of the file this batch covers
+    records: list[Record]  # phones new to this import: inserted, or matched to an existing contact
+    repeats: list[Record]  # update mode: phones an earlier batch wrote; these later values win
+    duplicates: int  # rows that repeat an earlier (skip) or later (update) row of the file
+
+
+@dataclass
+class Timings:
+    parse_wall: float = 0.0  # from the first number sent to the pool to the last one parsed
+    parse_cpu: float = 0.0  # CPU seconds the parsing took, all processes together
+    decide: float = 0.0  # vectorised checks and duplicate resolution
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= VALUE_SHOWN_MAX else text[: VALUE_SHOWN_MAX - 1] + "…"
+
+
+class Validator:
+    """Iterate `batches()` once; `invalid`, `invalid_count` and `timings` are complete after it."""
+
+    def __init__(
+        self,
+        table: Table,
+        plan: ColumnPlan,
+        default_country: str | None,
+        on_duplicate: OnDuplicate,
+        batch_rows: int = BATCH_ROWS,
+        first_batch_rows: int = FIRST_BATCH_ROWS,
+    ) -> None:
+        import numpy as np
+        import pandas as pd
+
+        self.table, self.plan, self.country, self.on_duplicate = table, plan, default_country, on_duplicate
+        self.total = len(table.frame)
+        codes, uniques = pd.factorize(table.frame[plan.phone], sort=False)
+        self.codes = codes
+        self.distinct = [str(v) for v in uniques]
+        starts = [0, *range(min(first_batch_rows, batch_rows), self.total, batch_rows)] if self.total else []
+        self.bounds = list(zip(starts, [*starts[1:], self.total], strict=True))
+        highs = np.maximum.accumulate(codes) + 1 if self.total else np.zeros(0, dtype=np.int64)
+        # Batch k needs the distinct strings [edges[k], edges[k + 1]): those first seen in it.
+        self.edges = [0] + [int(highs[end - 1]) for _, end in self.bounds]
+        self.e164 = np.full(len(self.distinct) + 1, None, dtype=object)  # the extra slot answers code -1
+        self.reason = np.full(len(self.distinct) + 1, None, dtype=object)
+        self.seen: set[str] = set()
+        self.invalid: list[Invalid] = []
+        self.invalid_count = 0
+        self.timings = Timings()
+        self._name_label = " + ".join(plan.label(i) for i in plan.name)
+        self._pooled = False
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def _fill(self, lo: int, result: tuple[list[PhoneResult], float]) -> None:
+        values, cpu = result
+        for offset, (e164, reason) in enumerate(values):
+            self.e164[lo + offset] = e164
+            self.reason[lo + offset] = reason
+        self.timings.parse_cpu += cpu
+
+    def _parsed_at(self, _job: object) -> None:
+        self.timings.parse_wall = max(self.timings.parse_wall, time.perf_counter() - self.timings.started)
+
+    def _submit(self) -> list[asyncio.Future[tuple[list[PhoneResult], float]]]:
+        """One parse job per batch (the strings first seen in it), all queued at once so the pool
+        works ahead of the writer; small files get one job in a thread."""
+        self.timings.started = time.perf_counter()
+        jobs: list[asyncio.Future[tuple[list[PhoneResult], float]]]
+        if len(self.distinct) < PARALLEL_MIN_DISTINCT or phone_pool.workers() < 2:
+            jobs = [asyncio.ensure_future(asyncio.to_thread(parse_chunk, self.distinct, self.country))]
+        else:
+            self._pooled = True
+            loop = asyncio.get_running_loop()
+            executor = phone_pool.POOL.get()
+            jobs = [
+                loop.run_in_executor(executor, parse_chunk, self.distinct[lo:hi], self.country)
+                for lo, hi in zip(self.edges, self.edges[1:], strict=False)
+            ]
+        for job in jobs:
+            job.add_done_callback(self._parsed_at)
+        return jobs
+
+    async def batches(self) -> AsyncGenerator[Batch, None]:
+        self._pooled = False
+        jobs = self._submit()
+        per_batch = len(jobs) == len(self.bounds)  # else one job covers every string
+        parsed = 0  # the distinct strings [0, parsed) are known
+        try:
+            for k, (start, end) in enumerate(self.bounds):
+                if parsed < self.edges[k + 1]:
+                    try:
+                        self._fill(parsed, await jobs[k if per_batch else 0])
+                        parsed = self.edges[k + 1] if per_batch else len(self.distinct)
+                    except BrokenProcessPool:
+                        # A worker died (out of memory, killed): finish here rather than fail the import.
+                        log.warning("imports: the phone parsing pool broke; parsing in the API process")
+                        phone_pool.POOL.shutdown()
+                        rest = await asyncio.to_thread(parse_chunk, self.distinct[parsed:], self.country)
+                        self._fill(parsed, rest)
+                        parsed = len(self.distinct)
+                mark = time.perf_counter()
+                batch = await asyncio.to_thread(self._decide, start, end)
+                self.timings.decide += time.perf_counter() - mark
+                yield batch
+        finally:
+            for job in jobs:
+                if not job.done():
+                    job.cancel()
+            if self._pooled:
+                phone_pool.POOL.release(asyncio.get_running_loop())
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def _decide(self, start: int, end: int) -> Batch:
+        import numpy as np
+        import pandas as pd
+
+        plan = self.plan
+        frame, rows, codes = self.table.frame.iloc[start:end], self.table.rows[start:end], self.codes[start:end]
+        size = end - start
+        e164, reason = self.e164[codes], self.reason[codes]
+        bad_phone = pd.isna(e164)
+
+        if plan.name:
+            name = frame[plan.name[0]]
+            for extra in plan.name[1:]:
+                name = name + " " + frame[extra]
+            # Line breaks, tabs and control characters inside a cell become single spaces.
+            name = name.str.replace(r"[\s\x00-\x1f\x7f-\x9f]+", " ", regex=True).str.strip()
+        else:
+            name = pd.Series([""] * size, dtype=object)
+        bad_name = (name.str.len() > NAME_MAX).to_numpy(dtype=bool) & ~bad_phone
+
+        if plan.email is not None:
+            email = frame[plan.email]
+            ok = (email == "") | ((email.str.len() <= EMAIL_MAX) & email.str.match(EMAIL_RE))
+            bad_email = ~ok.to_numpy(dtype=bool) & ~bad_phone & ~bad_name
+        else:
+            email = pd.Series([""] * size, dtype=object)
+            bad_email = np.zeros(size, dtype=bool)
+
+        refused = bad_phone | bad_name | bad_email
+        self.invalid_count += int(refused.sum())
+        for i in np.flatnonzero(refused)[: max(0, MAX_INVALID_LISTED - len(self.invalid))]:
+            if bad_phone[i]:
+                item = Invalid(int(rows[i]), plan.label(plan.phone), _shown(frame[plan.phone].iat[i]), str(reason[i]))
+            elif bad_name[i]:
+                item = Invalid(
+                    int(rows[i]), self._name_label, _shown(name.iat[i]), f"name longer than {NAME_MAX} characters"
+                )
+            else:
+                assert plan.email is not None
+                item = Invalid(int(rows[i]), plan.label(plan.email), _shown(email.iat[i]), "not a valid email address")
+            self.invalid.append(item)
+
+        keep = np.flatnonzero(~refused)
+        repeated = pd.Series(e164[keep]).duplicated(keep="first" if self.on_duplicate == "skip" else "last")
+        chosen = keep[~repeated.to_numpy(dtype=bool)]
+        phones = e164[chosen]
+        earlier = np.fromiter((p in self.seen for p in phones), dtype=bool, count=len(chosen))
+        names, emails = name.to_numpy(dtype=object), email.to_numpy(dtype=object)
+
+        def records(at: Any) -> list[Record]:
+            return [(p, n or None, m or None) for p, n, m in zip(e164[at], names[at], emails[at], strict=True)]
+
+        fresh, again = chosen[~earlier], chosen[earlier]
+        self.seen.update(e164[fresh])
+        return Batch(
+            rows=size,
+            records=records(fresh),
+            repeats=records(again) if self.on_duplicate == "update" else [],
+            duplicates=int(repeated.sum()) + len(again),
+        )
