@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import openpyxl
 import psutil
 import pytest
 from api_processes import ApiProcess
@@ -298,6 +299,42 @@ async def test_unsupported_and_unreadable_files(
         assert (response.status_code, response.json()["code"]) == (status, code), (filename, response.text)
         assert response.json()["detail"]
     assert await book(admin, user.id) == {}
+
+
+async def test_a_line_of_a_million_separators_is_not_a_million_columns(
+    client: httpx.AsyncClient, make_user: Any, admin: asyncpg.Connection
+) -> None:
+    user = await make_user()
+    # A header that wide is refused; a data row that long only loses its unnamed fields.
+    response = await post_import(client, user, ("phone" + "," * 1_000_000 + "\n" + ANA + "\n").encode())
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "unreadable_file" and "columns" in response.json()["detail"]
+    body = await imported(client, user, (f"name,phone\nAna,{ANA}\nBob,{BOB}" + "," * 1_000_000 + "\n").encode())
+    assert counts(body) == (2, 2, 0, 0, 0, 0)
+    assert await book(admin, user.id) == {ANA: ("Ana", None), BOB: ("Bob", None)}
+
+
+async def test_a_sheet_too_big_to_convert_is_refused_before_converting(
+    client: httpx.AsyncClient, make_user: Any
+) -> None:
+    user = await make_user()
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["name", "phone"])
+    sheet.append(["Ana", ANA])
+    sheet.cell(row=5000, column=999, value="x")  # A1:ALK5000 is about 5 million cells to convert
+    out = io.BytesIO()
+    workbook.save(out)
+    response = await post_import(client, user, out.getvalue(), "sparse.xlsx")
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "file_too_large" and "cells" in response.json()["detail"]
+    sheet.cell(row=5000, column=999, value=None)
+    sheet.cell(row=3, column=2000, value="x")
+    out = io.BytesIO()
+    workbook.save(out)
+    response = await post_import(client, user, out.getvalue(), "wide.xlsx")
+    assert response.status_code == 422 and "columns" in response.json()["detail"]
 
 
 async def test_file_name_with_path_traversal_is_only_a_name(

@@ -90,11 +90,20 @@ class ColumnPlan:
     headers: tuple[str, ...]
 
     def label(self, index: int) -> str:
-        return self.headers[index]
+        return self.headers[index] or f"column {index + 1}"
+
+    @property
+    def indices(self) -> list[int]:
+        """The columns the import reads."""
+        return sorted({self.phone, *self.name, *([self.email] if self.email is not None else [])})
+
+
+def _named(headers: list[str]) -> str:
+    return ", ".join(repr(h) for h in headers if h) or "none"
 
 
 def _no_phone(headers: list[str]) -> ImportRefused:
-    found = ", ".join(repr(h) for h in headers) or "none"
+    found = _named(headers)
     detail = f"No phone column was found; the columns are: {found}. Name it phone, teléfono, celular or whatsapp, or send a mapping."
     return ImportRefused(422, "no_phone_column", detail, [{"field": "file", "message": detail}])
 
@@ -107,8 +116,7 @@ def _find(headers: list[str], wanted: str, role: str) -> int:
     for i, header in enumerate(headers):
         if fold(header) == folded:
             return i
-    found = ", ".join(repr(h) for h in headers)
-    detail = f"The mapping names {wanted!r} for {role}, but the file's columns are: {found}."
+    detail = f"The mapping names {wanted!r} for {role}, but the file's columns are: {_named(headers)}."
     raise ImportRefused(422, "unknown_column", detail, [{"field": f"mapping.{role}", "message": detail}])
 
 

@@ -146,6 +146,8 @@ class Validator:
         jobs = self._submit()
         per_batch = len(jobs) == len(self.bounds)  # else one job covers every string
         parsed = 0  # the distinct strings [0, parsed) are known
+        ready: Batch | None = None
+        deciding: asyncio.Future[Batch] | None = None
         try:
             for k, (start, end) in enumerate(self.bounds):
                 if parsed < self.edges[k + 1]:
@@ -159,11 +161,17 @@ class Validator:
                         rest = await asyncio.to_thread(parse_chunk, self.distinct[parsed:], self.country)
                         self._fill(parsed, rest)
                         parsed = len(self.distinct)
-                mark = time.perf_counter()
-                batch = await asyncio.to_thread(self._decide, start, end)
-                self.timings.decide += time.perf_counter() - mark
-                yield batch
+                # Batch k is decided in a thread while the caller writes batch k - 1 (decisions stay
+                # in order: `seen` and the invalid list are only touched by one decision at a time).
+                deciding = asyncio.ensure_future(asyncio.to_thread(self._timed_decide, start, end))
+                if ready is not None:
+                    yield ready
+                ready = await deciding
+            if ready is not None:
+                yield ready
         finally:
+            if deciding is not None and not deciding.done():
+                deciding.cancel()
             for job in jobs:
                 if not job.done():
                     job.cancel()
@@ -171,6 +179,13 @@ class Validator:
                 phone_pool.POOL.release(asyncio.get_running_loop())
 
     # -- deciding -----------------------------------------------------------------------------
+
+    def _timed_decide(self, start: int, end: int) -> Batch:
+        mark = time.perf_counter()
+        try:
+            return self._decide(start, end)
+        finally:
+            self.timings.decide += time.perf_counter() - mark
 
     def _decide(self, start: int, end: int) -> Batch:
         import numpy as np

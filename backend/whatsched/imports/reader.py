@@ -12,11 +12,13 @@ extension is read, as a hint that the content has the final word on.
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,7 +40,7 @@ DELIMITERS = (",", ";", "\t", "|")
 ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
 
 # Zip-bomb bounds: a contacts workbook within the upload limit never comes near them.
-MAX_UNPACKED_BYTES = 256 * 1024 * 1024
+MAX_UNPACKED_BYTES = 128 * 1024 * 1024
 MAX_RATIO = 200
 RATIO_MIN_SIZE = 1024 * 1024  # small entries may compress as well as they like
 MAX_ENTRIES = 10_000
@@ -46,19 +48,22 @@ _INFLATE_IN = 64 * 1024
 _INFLATE_OUT = 1024 * 1024
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
+# A contacts table never needs more; a line of a million separators must not become a million columns.
+MAX_COLUMNS = 1_000
+MAX_CELLS = 4_000_000  # of a sheet, from A1 to its last used cell (each becomes a Python object)
 # Blank rows are read (and dropped) beyond the row limit up to this many before a file counts as too long.
 BLANK_ROW_SLACK = 10_000
-_WIDER_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _CONTROL = re.compile(r"[\x01-\x08\x0e-\x1f]")
 
 
 @dataclass
 class Table:
-    """Data rows only, every cell a stripped str; column i of `frame` is `headers[i]`."""
+    """Data rows only, every cell a stripped str; `headers` is the whole header row ("" where a
+    column has no name)."""
 
     kind: Kind
     headers: list[str]
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # only the selected columns, labelled by their position among `headers`
     rows: npt.NDArray[np.int64]  # 1-based row number of each data row, as shown by a spreadsheet
     encoding: str | None = None
     delimiter: str | None = None
@@ -72,6 +77,13 @@ def suffix_of(filename: str | None) -> str:
     return "." + ext.lower() if dot and stem and ext.isalnum() else ""
 
 
+Select = Callable[[list[str]], Sequence[int]]
+
+
+def _all_columns(headers: list[str]) -> Sequence[int]:
+    return range(len(headers))
+
+
 def read_table(
     data: bytes,
     filename: str | None = None,
@@ -79,16 +91,20 @@ def read_table(
     sheet: str | None = None,
     max_rows: int = 200_000,
     max_unpacked: int = MAX_UNPACKED_BYTES,
+    select: Select = _all_columns,
 ) -> Table:
-    """Read an uploaded CSV/TXT/XLSX/XLS/ODS; raises ImportRefused with the reason when it cannot."""
+    """Read an uploaded CSV/TXT/XLSX/XLS/ODS; raises ImportRefused with the reason when it cannot.
+
+    `select` sees the header row and names the columns to keep: only those are read into memory
+    (a file of a hundred columns costs what its phone, name and email columns cost)."""
     if not data:
         raise unreadable("The file is empty.")
     suffix = suffix_of(filename)
     if data[:4] in ZIP_MAGICS:
         archive = check_zip(data, max_unpacked)
-        return _read_workbook(data, _zip_kind(archive, suffix), sheet, max_rows)
+        return _read_workbook(data, _zip_kind(archive, suffix), sheet, max_rows, select)
     if data.startswith(OLE_MAGIC):
-        return _read_workbook(data, "xls", sheet, max_rows)
+        return _read_workbook(data, "xls", sheet, max_rows, select)
     if suffix in SHEET_SUFFIXES:
         raise unreadable(f"The file is named {suffix} but its content is not a spreadsheet.")
     if suffix not in TEXT_SUFFIXES:
@@ -96,7 +112,14 @@ def read_table(
     text, encoding = decode(data)
     delimiter = sniff_delimiter(text)
     text, skipped = _skip_blank_start(text)
-    headers, frame, rows = _tabulate(_read_csv(text, delimiter, max_rows), max_rows)
+    end = text.find("\n", 0, 200_000)
+    header_line = text[: end if end != -1 else 200_000]
+    if _count_outside_quotes(header_line, delimiter) >= MAX_COLUMNS:
+        raise _too_many_columns()
+    headers = [h.strip() for h in next(csv.reader([header_line.rstrip("\r")], delimiter=delimiter), [])]
+    columns = sorted(set(select(headers)))
+    raw = _read_csv(text, delimiter, max_rows, columns)
+    frame, rows = _data_rows(_stripped(raw), 0, max_rows)
     return Table("csv", headers, frame, rows + skipped, encoding=encoding, delimiter=delimiter)
 
 
@@ -192,33 +215,30 @@ def sniff_delimiter(text: str) -> str:
     return chosen
 
 
-def _read_csv(text: str, delimiter: str, max_rows: int) -> pd.DataFrame:
+def _read_csv(text: str, delimiter: str, max_rows: int, columns: list[int]) -> pd.DataFrame:
+    """Row 0 is the header. Only `columns` are kept; longer lines lose their unnamed extra fields."""
     import pandas as pd
 
-    width: int | None = None
-    for _ in range(16):
-        try:
-            return pd.read_csv(
-                io.StringIO(text),
-                sep=delimiter,
-                header=None,
-                names=list(range(width)) if width else None,
-                dtype=object,
-                na_filter=False,
-                keep_default_na=False,
-                skip_blank_lines=False,  # keep blank lines so row numbers stay the file's
-                nrows=max_rows + 2 + BLANK_ROW_SLACK,
-                quotechar='"',
-                engine="c",
-            )
-        except pd.errors.ParserError as exc:
-            wider = _WIDER_LINE.search(str(exc))
-            if wider is None:
-                raise unreadable(f"The file could not be read as a table: {_first_line(exc)}") from None
-            width = int(wider.group(3))  # a longer line further down: read again with room for it
-        except (ValueError, UnicodeError) as exc:
-            raise unreadable(f"The file could not be read as a table: {_first_line(exc)}") from None
-    raise unreadable("The file's rows have too many different lengths to be read as a table.")
+    try:
+        return pd.read_csv(
+            io.StringIO(text),
+            sep=delimiter,
+            header=None,
+            usecols=columns,
+            dtype=object,
+            na_filter=False,
+            keep_default_na=False,
+            skip_blank_lines=False,  # keep blank lines so row numbers stay the file's
+            nrows=max_rows + 2 + BLANK_ROW_SLACK,
+            quotechar='"',
+            engine="c",
+        )
+    except (ValueError, UnicodeError) as exc:  # pandas' ParserError is a ValueError
+        raise unreadable(f"The file could not be read as a table: {_first_line(exc)}") from None
+
+
+def _too_many_columns() -> ImportRefused:
+    return unreadable(f"The file has more than {MAX_COLUMNS:,} columns; a contacts table needs a few.")
 
 
 def _first_line(exc: Exception) -> str:
@@ -243,7 +263,8 @@ def _zip_kind(archive: zipfile.ZipFile, suffix: str) -> Kind:
     raise unsupported("The file is a ZIP archive but not an XLSX or ODS spreadsheet.")
 
 
-def _read_workbook(data: bytes, kind: Kind, sheet: str | None, max_rows: int) -> Table:
+def _read_workbook(data: bytes, kind: Kind, sheet: str | None, max_rows: int, select: Select) -> Table:
+    import numpy as np
     import pandas as pd
 
     label = _KIND_LABEL[kind]
@@ -253,6 +274,7 @@ def _read_workbook(data: bytes, kind: Kind, sheet: str | None, max_rows: int) ->
     except Exception as exc:  # calamine's errors are untyped; any failure means a damaged file
         raise unreadable(f"The {label} workbook could not be opened: {_first_line(exc)}") from None
     target = pick_sheet(names, sheet)
+    _check_sheet_size(book, target, max_rows)
     try:
         raw = pd.read_excel(
             book,
@@ -264,9 +286,43 @@ def _read_workbook(data: bytes, kind: Kind, sheet: str | None, max_rows: int) ->
         )
     except Exception as exc:
         raise unreadable(f"The sheet {target!r} could not be read: {_first_line(exc)}") from None
-    raw = raw.apply(lambda column: column.map(cell_text))
-    headers, frame, rows = _tabulate(raw, max_rows)
+    if raw.shape[1] > MAX_COLUMNS:
+        raise _too_many_columns()
+    if raw.shape[0] == 0 or raw.shape[1] == 0:
+        raise unreadable("The sheet has no rows.")
+    # The header is the first row with anything in it (a sheet may start lower than row 1).
+    first = raw.head(BLANK_ROW_SLACK).apply(lambda column: column.map(cell_text).str.strip())
+    nonblank = np.flatnonzero((first != "").to_numpy().any(axis=1))
+    if len(nonblank) == 0:
+        raise unreadable("The sheet has no rows.")
+    header_at = int(nonblank[0])
+    headers = [str(h) for h in first.iloc[header_at]]
+    columns = sorted(set(select(headers)))
+    cells = raw.iloc[:, columns].apply(lambda column: column.map(cell_text).str.strip())
+    frame, rows = _data_rows(cells, header_at, max_rows)
     return Table(kind, headers, frame, rows, sheet=target)
+
+
+def _check_sheet_size(book: Any, target: str, max_rows: int) -> None:
+    """Every cell from A1 to the last used one becomes a Python object: refuse a sheet too big for
+    that before converting it (calamine knows its dimensions once the sheet is parsed)."""
+    try:
+        end = book.book.get_sheet_by_name(target).end
+    except Exception:  # dimensions unknown: the zip-bomb bound still holds
+        return
+    if end is None:
+        return
+    rows, columns = int(end[0]) + 1, int(end[1]) + 1
+    if columns > MAX_COLUMNS:
+        raise _too_many_columns()
+    if rows > max_rows + 1 + BLANK_ROW_SLACK:
+        raise too_large("too_many_rows", f"The file has more than {max_rows:,} rows; split it into smaller files.")
+    if rows * columns > MAX_CELLS:
+        raise too_large(
+            "file_too_large",
+            f"The sheet spans {rows:,} rows by {columns:,} columns; at most {MAX_CELLS:,} cells can be "
+            "imported: delete the columns you do not need.",
+        )
 
 
 def pick_sheet(names: list[str], wanted: str | None) -> str:
@@ -381,22 +437,18 @@ def _inflate_within(data: bytes, entry: zipfile.ZipInfo) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _tabulate(raw: pd.DataFrame, max_rows: int) -> tuple[list[str], pd.DataFrame, npt.NDArray[np.int64]]:
+def _stripped(raw: pd.DataFrame) -> pd.DataFrame:
+    return raw.apply(lambda column: column.astype(object).str.strip())
+
+
+def _data_rows(cells: pd.DataFrame, header_at: int, max_rows: int) -> tuple[pd.DataFrame, npt.NDArray[np.int64]]:
+    """The non-blank rows below the header (blank in every kept column counts as blank), with the
+    1-based row number of each; columns keep their position in the file as their label."""
     import numpy as np
 
-    if raw.shape[1] == 0 or raw.shape[0] == 0:
-        raise unreadable("The file has no rows.")
-    cells = raw.apply(lambda column: column.astype(object).str.strip())
-    filled = (cells != "").to_numpy()
-    positions = np.flatnonzero(filled.any(axis=1))
-    if len(positions) == 0:
-        raise unreadable("The file has no rows.")
-    header_at, data_at = int(positions[0]), positions[1:]
-    if len(data_at) > max_rows or len(raw) > max_rows + 1 + BLANK_ROW_SLACK:
+    filled = (cells != "").to_numpy().any(axis=1)
+    positions = np.flatnonzero(filled)
+    data_at = positions[positions > header_at]
+    if len(data_at) > max_rows or len(cells) > max_rows + 1 + BLANK_ROW_SLACK:
         raise too_large("too_many_rows", f"The file has more than {max_rows:,} rows; split it into smaller files.")
-    headers = [str(h) for h in cells.iloc[header_at]]
-    # Trailing separators make columns with no header and no value: they are not columns at all.
-    keep = [i for i, name in enumerate(headers) if name or filled[data_at, i].any()]
-    frame = cells.iloc[data_at, keep].reset_index(drop=True)
-    frame.columns = list(range(len(keep)))
-    return [headers[i] or f"column {i + 1}" for i in keep], frame, (data_at + 1).astype(np.int64)
+    return cells.iloc[data_at], (data_at + 1).astype(np.int64)
