@@ -42,7 +42,9 @@ class RateLimits:
     def __init__(self, redis_url: str | None = None) -> None:
         storage: Storage
         if redis_url:
-            storage = RedisStorage("async+" + redis_url if not redis_url.startswith("async+") else redis_url)
+            uri = redis_url if redis_url.startswith("async+") else "async+" + redis_url
+            # redis-py (a dependency already), not the coredis client limits defaults to (not installed).
+            storage = RedisStorage(uri, implementation="redispy")
         else:
             storage = MemoryStorage()
         self.storage = storage
