@@ -114,9 +114,8 @@ class Validator:
 
     def _fill(self, lo: int, result: tuple[list[PhoneResult], float]) -> None:
         values, cpu = result
-        for offset, (e164, reason) in enumerate(values):
-            self.e164[lo + offset] = e164
-            self.reason[lo + offset] = reason
+        self.e164[lo : lo + len(values)] = [e164 for e164, _ in values]
+        self.reason[lo : lo + len(values)] = [reason for _, reason in values]
         self.timings.parse_cpu += cpu
 
     def _parsed_at(self, _job: object) -> None:

@@ -53,6 +53,7 @@ MAX_COLUMNS = 1_000
 MAX_CELLS = 4_000_000  # of a sheet, from A1 to its last used cell (each becomes a Python object)
 # Blank rows are read (and dropped) beyond the row limit up to this many before a file counts as too long.
 BLANK_ROW_SLACK = 10_000
+_LINE_END = re.compile(r"\r\n|\r|\n")
 _CONTROL = re.compile(r"[\x01-\x08\x0e-\x1f]")
 
 
@@ -112,11 +113,13 @@ def read_table(
     text, encoding = decode(data)
     delimiter = sniff_delimiter(text)
     text, skipped = _skip_blank_start(text)
-    end = text.find("\n", 0, 200_000)
-    header_line = text[: end if end != -1 else 200_000]
+    header_line = _LINE_END.split(text[:200_000], maxsplit=1)[0]
     if _count_outside_quotes(header_line, delimiter) >= MAX_COLUMNS:
         raise _too_many_columns()
-    headers = [h.strip() for h in next(csv.reader([header_line.rstrip("\r")], delimiter=delimiter), [])]
+    try:
+        headers = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter), [])]
+    except csv.Error as exc:
+        raise unreadable(f"The header row could not be read: {exc}") from None
     columns = sorted(set(select(headers)))
     raw = _read_csv(text, delimiter, max_rows, columns)
     frame, rows = _data_rows(_stripped(raw), 0, max_rows)

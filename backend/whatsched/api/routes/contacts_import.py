@@ -131,7 +131,9 @@ async def import_contacts(
     """All or nothing: every valid row is written in one transaction, or none is. Refusals: 422
     `unsupported_file` / `unreadable_file` / `no_phone_column` / `sheet_not_found`; 413
     `file_too_large` / `too_many_rows` / `zip_bomb`; 404 `related_not_found` for a group that is
-    not yours. Progress goes to your WebSocket as `import_progress` events."""
+    not yours. Progress goes to your WebSocket as `import_progress` events
+    `{type, import_id, stage, processed, total}` with stage `reading`, `importing` (rows handled so
+    far, a few updates a second), then `done` or `failed`; the answer still comes at the end."""
     settings = res.settings
     try:
         form = await upload.receive(
