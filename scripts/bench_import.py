@@ -193,6 +193,7 @@ def main() -> None:
         f"generated {args.rows:,} rows ({len(content) / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
         flush=True,
     )
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the runs", flush=True)
 
     tmp = tempfile.TemporaryDirectory(prefix="whatsched-bench-import-")
     data_dir = Path(tmp.name)
