@@ -111,7 +111,9 @@ def database_error(exc: asyncpg.PostgresError) -> JSONResponse | None:
         return error_response(409, code, detail, [{"field": field, "message": detail}] if field else [])
     if state == "23503":  # foreign_key_violation: a referenced row is not yours or does not exist
         return error_response(404, "related_not_found", "A referenced resource does not exist.")
-    if state in ("23514", "23502", "22001", "22P02", "22007", "22008", "22023"):
+    if state in ("22021", "22P05"):  # text Postgres cannot store, e.g. a NUL character (\u0000)
+        return error_response(422, "validation_error", "Text must not contain NUL (\\u0000) or unencodable characters.")
+    if state in ("23514", "23502") or state.startswith("22"):  # check/not-null, or any data exception: the value sent
         return error_response(422, "validation_error", message)
     if state == "42501":  # insufficient_privilege / RLS
         return error_response(403, "forbidden", "You are not allowed to do this.")

@@ -28,6 +28,8 @@ SCOPE = Query("mine", description="all: every user's data (admins only; audited)
 BRIDGE_CHECK_TIMEOUT_S = 3.0
 DASHBOARD_DAYS = 30
 MAX_RANGE_DAYS = 366
+# asyncpg sends date.min/date.max as -infinity/infinity, and a day series to infinity never ends.
+EARLIEST_DAY, LATEST_DAY = date(1970, 1, 1), date(9998, 12, 31)
 TOP_MESSAGES = 10
 
 
@@ -191,8 +193,10 @@ async def dashboard(
 
 @router.get("/messages", response_model=MessagesAnalytics, responses=responses(401, 403, 422))
 async def messages(
-    from_: date | None = Query(None, alias="from", description="first day (YYYY-MM-DD); default: 29 days before `to`"),
-    to: date | None = Query(None, description="last day, included (YYYY-MM-DD); default: today"),
+    from_: date | None = Query(
+        None, alias="from", description="first day (YYYY-MM-DD, 1970 to 9998); default: 29 days before `to`"
+    ),
+    to: date | None = Query(None, description="last day, included (YYYY-MM-DD, 1970 to 9998); default: today"),
     scope: Scope = SCOPE,
     who: Caller = Depends(caller),
     conn: asyncpg.Connection = Depends(user_conn),
@@ -202,6 +206,10 @@ async def messages(
     if to is None:
         to = await conn.fetchval("select (now() at time zone private.caller_timezone())::date")
         assert to is not None
+    for name, day in (("from", from_), ("to", to)):
+        if day is not None and not EARLIEST_DAY <= day <= LATEST_DAY:
+            message = f"must be between {EARLIEST_DAY} and {LATEST_DAY}"
+            raise ApiError(422, "validation_error", f"`{name}` {message}.", [{"field": name, "message": message}])
     first = from_ or to - timedelta(days=DASHBOARD_DAYS - 1)
     if first > to:
         raise ApiError(

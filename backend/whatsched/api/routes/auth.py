@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, EmailStr, Field, field_validator
 
 from whatsched import audit
 from whatsched.api.deps import Caller, Resources, caller, enforce_limit, resources, user_conn
@@ -27,8 +27,16 @@ class LoginBody(BaseModel):
 
 
 class SignupBody(LoginBody):
-    password: str = Field(min_length=8, max_length=1024)
+    # bcrypt (ours and GoTrue's) reads at most 72 bytes: longer would be refused or silently cut.
+    password: str = Field(min_length=8, max_length=72)
     name: str = Field(default="", max_length=200)
+
+    @field_validator("password")
+    @classmethod
+    def _fits_bcrypt(cls, value: str) -> str:
+        if len(value.encode()) > 72:
+            raise ValueError("must be at most 72 bytes in UTF-8")
+        return value
 
 
 class RefreshBody(BaseModel):
