@@ -164,6 +164,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.exceptions.ConnectionDoesNotExistError)
     @app.exception_handler(asyncpg.exceptions.CannotConnectNowError)
     @app.exception_handler(asyncpg.exceptions.InterfaceError)
+    @app.exception_handler(asyncpg.exceptions.InternalClientError)
     @app.exception_handler(asyncpg.exceptions.AdminShutdownError)
     async def _db_down(_: Request, exc: Exception) -> JSONResponse:
         return error_response(503, "database_unavailable", "The database is unreachable; try again shortly.")

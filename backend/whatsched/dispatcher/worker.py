@@ -28,6 +28,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from whatsched.bridge_client import BridgeClient, BridgeError
 from whatsched.config import Settings
+from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.dispatcher import claim, complete, deliver, fail, rescue
 from whatsched.dispatcher.deliver import Refused
 from whatsched.dispatcher.fail import Failures, RetryPolicy
@@ -39,7 +40,7 @@ log = logging.getLogger("whatsched.dispatcher")
 CHANNEL = "whatsched_dispatch"
 APPLICATION_NAME = "whatsched-worker"
 # Errors after which the worker reconnects and tries again rather than dying.
-RECOVERABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+RECOVERABLE = DATABASE_ERRORS
 
 
 async def connect(url: str, role: str = "service_role") -> asyncpg.Connection:

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.db.pool import user_tx
 
 log = logging.getLogger("whatsched.imports")
@@ -93,5 +94,5 @@ class Progress:
                     f"user:{self.user_id}",
                 )
             self.sent += 1
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("imports: could not send import_progress: %s", exc)

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from whatsched import metrics
+from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.realtime import protocol, snapshots
 from whatsched.realtime.config import RealtimeSettings
 from whatsched.realtime.sockets import Client
@@ -130,7 +131,7 @@ class Hub:
                 if conn is not None:
                     await _close_quietly(conn)
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("realtime: LISTEN connection failed: %s", exc)
             except Exception:  # never let the hub die: sockets would silently stop receiving
                 log.exception("realtime: unexpected error in the LISTEN loop")
@@ -148,7 +149,7 @@ class Hub:
             client.push(frame)
         try:
             fresh = await snapshots.for_service(self.pool, list(self._by_message))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("realtime: snapshots after reconnect failed: %s", exc)
             return
         for message_id, frames in fresh.items():
@@ -199,7 +200,7 @@ class Hub:
                 frames = await snapshots.for_user(self.pool, client.claims, message_id)
                 if frames is None or client.subscriptions.get(message_id) == seen:
                     break
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("realtime: snapshot of %s failed: %s", message_id, exc)
             self.unsubscribe(client, message_id)
             client.push(protocol.error("unavailable", "The database is unavailable; try again.", message_id))

@@ -15,6 +15,7 @@ import asyncpg
 from starlette.websockets import WebSocket, WebSocketState
 
 from whatsched.auth.tokens import InvalidToken, Verifier
+from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.db.pool import user_tx
 from whatsched.realtime import protocol
 from whatsched.realtime.hub import Hub
@@ -51,7 +52,7 @@ async def check_token(verifier: Verifier, pool: asyncpg.Pool, token: str, user_i
         return claims
     try:
         allowed = await is_admin(pool, claims)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except DATABASE_ERRORS:
         raise Refused("unavailable", "The database is unavailable; try again.", 1011) from None
     if not allowed:
         raise Refused("forbidden", "This socket belongs to another user.")

@@ -169,7 +169,7 @@ async def dashboard(
     scope: Scope = SCOPE,
     who: Caller = Depends(caller),
     res: Resources = Depends(resources),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Dashboard:
     """Totals, success rate, the last 30 days, WhatsApp's state and (admins) this process's metrics."""
     whatsapp = asyncio.create_task(_whatsapp(res))  # the bridge answers while Postgres counts
@@ -199,7 +199,7 @@ async def messages(
     to: date | None = Query(None, description="last day, included (YYYY-MM-DD, 1970 to 9998); default: today"),
     scope: Scope = SCOPE,
     who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> MessagesAnalytics:
     """Per-day series and per-status counts of messages created in [from, to] (your timezone), and the
     messages with the most recipients."""
@@ -228,7 +228,7 @@ async def groups(
     scope: Scope = SCOPE,
     paging: PageParams = Depends(page_params),
     who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Page[GroupReach]:
     """The reach of each group, by name."""
     everyone = await _widen(conn, who, scope, "groups")

@@ -107,7 +107,7 @@ async def logout(request: Request, who: Caller = Depends(caller), res: Resources
 
 @router.get("/me", response_model=AuthUser, responses=ERRORS)
 async def me(
-    response: Response, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    response: Response, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> AuthUser:
     row = await conn.fetchrow(
         "select display_name, role, timezone, default_country from public.profiles where id = $1::uuid", who.id

@@ -92,7 +92,7 @@ async def list_contacts(
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's contacts (admins only)"),
     paging: PageParams = Depends(page_params),
     who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """Your contacts with their group ids, by name unless `sort` says otherwise."""
     filters = contacts.ContactFilters(q=q or None, is_active=is_active, group_id=str(group_id) if group_id else None)
@@ -107,7 +107,9 @@ async def list_contacts(
 
 
 @router.post("", response_model=Contact, status_code=201, responses=responses(400, 401, 404, 409, 422))
-async def create_contact(body: ContactCreate, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def create_contact(
+    body: ContactCreate, conn: asyncpg.Connection = Depends(user_conn, scope="function")
+) -> Response:
     """A new contact. 422 invalid_phone says why a number is refused; 409 duplicate_phone when you
     already have a contact with that number; 404 related_not_found for group ids that are not yours."""
     phone = await _phone(conn, body.phone, body.default_country)
@@ -129,14 +131,14 @@ async def create_contact(body: ContactCreate, conn: asyncpg.Connection = Depends
     response_model=Contact,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
-async def get_contact(contact_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def get_contact(contact_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
     return _json(await _contact_or_404(conn, str(contact_id)))
 
 
 @router.put("/{contact_id}", response_model=Contact, responses=responses(400, 401, 404, 409, 422))
 async def update_contact(
-    contact_id: UUID, body: ContactUpdate, conn: asyncpg.Connection = Depends(user_conn)
+    contact_id: UUID, body: ContactUpdate, conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """Partial update: only the fields present change. group_ids replaces the contact's groups;
     opted_out true marks that the contact asked not to be messaged (it is then never sent to)."""
@@ -162,7 +164,7 @@ async def update_contact(
 
 @router.delete("/{contact_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
 async def delete_contact(
-    contact_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    contact_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """Deletes the contact and its memberships; its groups' contact_count drops accordingly."""
     if not await contacts.delete_contact(conn, str(contact_id)):

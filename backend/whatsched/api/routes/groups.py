@@ -59,7 +59,7 @@ async def list_groups(
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's groups (admins only)"),
     paging: PageParams = Depends(page_params),
     who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """Your groups, by name unless `sort` says otherwise."""
     filters = groups.GroupFilters(q=q or None)
@@ -95,7 +95,7 @@ async def create_group(
     response_model=Group,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
-async def get_group(group_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def get_group(group_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
     text = await groups.group_json(conn, str(group_id))
     if text is None:
@@ -104,7 +104,9 @@ async def get_group(group_id: UUID, conn: asyncpg.Connection = Depends(user_conn
 
 
 @router.put("/{group_id}", response_model=Group, responses=responses(400, 401, 404, 409, 422))
-async def update_group(group_id: UUID, body: GroupUpdate, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def update_group(
+    group_id: UUID, body: GroupUpdate, conn: asyncpg.Connection = Depends(user_conn, scope="function")
+) -> Response:
     """Partial update of name and description (409 duplicate_group_name when the name is taken)."""
     sent = body.model_fields_set
     changes: dict[str, str] = {}
@@ -120,7 +122,7 @@ async def update_group(group_id: UUID, body: GroupUpdate, conn: asyncpg.Connecti
 
 @router.delete("/{group_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
 async def delete_group(
-    group_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    group_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """Deletes the group and its memberships (the contacts stay); messages no longer target it."""
     gone = await groups.delete_group(conn, str(group_id))
@@ -149,7 +151,7 @@ async def list_members(
     is_active: bool | None = Query(None),
     sort: ContactSort = Query("name"),
     paging: PageParams = Depends(page_params),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """The group's contacts, with the same filters and sorts as GET /api/contacts."""
     filters = contacts.ContactFilters(q=q or None, is_active=is_active, member_of=str(group_id))
@@ -168,7 +170,9 @@ async def list_members(
         200: {"model": MembersAdded, "description": "Every contact was a member already"},
     },
 )
-async def add_members(group_id: UUID, body: MembersAdd, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def add_members(
+    group_id: UUID, body: MembersAdd, conn: asyncpg.Connection = Depends(user_conn, scope="function")
+) -> Response:
     """Adds up to 1000 of your contacts at once (201; 200 when all were members already). When any
     id is not one of your contacts nothing is added: 404 related_not_found lists each such id."""
     requested = [str(c) for c in body.contact_ids]
@@ -194,7 +198,9 @@ async def add_members(group_id: UUID, body: MembersAdd, conn: asyncpg.Connection
 @router.delete(
     "/{group_id}/contacts/{contact_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422)
 )
-async def remove_member(group_id: UUID, contact_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def remove_member(
+    group_id: UUID, contact_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")
+) -> Response:
     """Removes the contact from the group (the contact itself stays). 404 member_not_found when it
     was not a member."""
     group_found, removed = await groups.remove_member(conn, str(group_id), str(contact_id))

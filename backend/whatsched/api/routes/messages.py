@@ -133,7 +133,7 @@ async def list_messages(
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's messages (admins only)"),
     paging: PageParams = Depends(page_params),
     who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """Your messages, newest first by default. Times without offset are read in your timezone."""
     filters = queries.ListFilters(statuses=_statuses(status), q=q or None, group_id=str(group_id) if group_id else None)
@@ -151,7 +151,7 @@ async def list_messages(
 
 @router.post("", response_model=Message, status_code=201, responses=responses(400, 401, 404, 422))
 async def create_message(
-    body: MessageCreate, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    body: MessageCreate, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found."""
     text = _clean(body.content)
@@ -168,7 +168,7 @@ async def create_message(
 async def dashboard(
     scope: Literal["mine", "all"] = Query("mine", description="all: every user (admins only)"),
     who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """public.dashboard_counts plus sends and failures per day over the last 30 days."""
     everyone = scope == "all"
@@ -189,7 +189,7 @@ async def dashboard(
     response_model=Message,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
-async def get_message(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def get_message(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
     return _json(await _message_or_404(conn, str(message_id)))
 
@@ -199,7 +199,7 @@ async def update_message(
     message_id: UUID,
     body: MessageUpdate,
     who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """Partial update of content, group_ids, scheduled_for and recurrence. Only draft, scheduled
     and paused messages can be edited (409 not_editable otherwise)."""
@@ -224,7 +224,7 @@ async def update_message(
 
 @router.delete("/{message_id}", status_code=204, response_class=Response, responses=responses(401, 404, 409, 422))
 async def delete_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """Refused while sending (409 message_sending): pause or cancel it first."""
     mid = str(message_id)
@@ -319,7 +319,7 @@ TRANSITION_ERRORS = responses(401, 404, 409, 422)
 
 @router.post("/{message_id}/pause", response_model=Message, responses=TRANSITION_ERRORS)
 async def pause_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """scheduled | sending → paused (409 invalid_transition otherwise)."""
     return _json(await _transition(conn, who, message_id, "pause"))
@@ -327,7 +327,7 @@ async def pause_message(
 
 @router.post("/{message_id}/resume", response_model=Message, responses=TRANSITION_ERRORS)
 async def resume_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """paused → scheduled (nothing sent yet) or sending (409 invalid_transition otherwise)."""
     return _json(await _transition(conn, who, message_id, "resume"))
@@ -335,7 +335,7 @@ async def resume_message(
 
 @router.post("/{message_id}/cancel", response_model=Message, responses=TRANSITION_ERRORS)
 async def cancel_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """draft | scheduled | paused | sending → cancelled; pending deliveries are cancelled too."""
     return _json(await _transition(conn, who, message_id, "cancel"))
@@ -343,7 +343,7 @@ async def cancel_message(
 
 @router.post("/{message_id}/duplicate", response_model=Message, status_code=201, responses=TRANSITION_ERRORS)
 async def duplicate_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn)
+    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
     """A new draft with the same content, groups and recurrence."""
     copy_id = await conn.fetchval("select id from public.duplicate_message($1::uuid)", str(message_id))
@@ -358,7 +358,9 @@ async def duplicate_message(
 
 @router.get("/{message_id}/preview", response_model=Preview, responses=MESSAGE_ERRORS)
 async def preview_message(
-    message_id: UUID, res: Resources = Depends(resources), conn: asyncpg.Connection = Depends(user_conn)
+    message_id: UUID,
+    res: Resources = Depends(resources),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """Who the message reaches now (de-duplicated by phone), who is left out and why, the text a
     sample of up to 10 recipients will receive, and the spam guard's verdict."""
@@ -393,7 +395,7 @@ async def preview_message(
 
 
 @router.get("/{message_id}/stats", response_model=Stats, responses=MESSAGE_ERRORS)
-async def message_stats(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def message_stats(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
     """Deliveries per state, success rate, first/last send and a per-minute timeline (UTC minutes)."""
     text = await queries.stats_json(conn, str(message_id))
     if text is None:

@@ -56,7 +56,7 @@ async def list_notifications(
     is_read: bool | None = Query(None, description="only read (true) or unread (false) notifications"),
     type: NotificationType | None = Query(None, description="only this type"),
     paging: PageParams = Depends(page_params),
-    conn: asyncpg.Connection = Depends(user_conn),
+    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Page[Notification]:
     """Newest first."""
     rows = await conn.fetch(
@@ -87,7 +87,7 @@ async def list_notifications(
 
 # Declared before /{notification_id} routes; the literal path wins for GET anyway.
 @router.get("/unread-count", response_model=UnreadCount, responses=responses(401))
-async def unread_count(conn: asyncpg.Connection = Depends(user_conn)) -> UnreadCount:
+async def unread_count(conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> UnreadCount:
     count = await conn.fetchval(
         "select count(*) from public.notifications where user_id = (select auth.uid()) and not is_read"
     )
@@ -95,7 +95,7 @@ async def unread_count(conn: asyncpg.Connection = Depends(user_conn)) -> UnreadC
 
 
 @router.post("/mark-all-read", response_model=Updated, responses=responses(401))
-async def mark_all_read(conn: asyncpg.Connection = Depends(user_conn)) -> Updated:
+async def mark_all_read(conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Updated:
     status = await conn.execute(
         "update public.notifications set is_read = true where user_id = (select auth.uid()) and not is_read"
     )
@@ -103,7 +103,9 @@ async def mark_all_read(conn: asyncpg.Connection = Depends(user_conn)) -> Update
 
 
 @router.post("/mark-read/{notification_id}", response_model=Notification, responses=responses(401, 404, 422))
-async def mark_read(notification_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Notification:
+async def mark_read(
+    notification_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")
+) -> Notification:
     row = await conn.fetchrow(
         f"update public.notifications set is_read = true where id = $1 returning {COLUMNS}", notification_id
     )
@@ -113,7 +115,9 @@ async def mark_read(notification_id: UUID, conn: asyncpg.Connection = Depends(us
 
 
 @router.delete("/{notification_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
-async def delete_notification(notification_id: UUID, conn: asyncpg.Connection = Depends(user_conn)) -> Response:
+async def delete_notification(
+    notification_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")
+) -> Response:
     deleted = await conn.fetchval("delete from public.notifications where id = $1 returning id", notification_id)
     if deleted is None:
         raise _not_found(notification_id)
