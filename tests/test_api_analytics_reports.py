@@ -16,6 +16,9 @@ import httpx
 import openpyxl
 import pytest
 
+from whatsched.api.deps import Resources
+from whatsched.db.pool import user_tx
+
 TODAY = datetime.now(UTC).date()
 EVIL_NAME = '=HYPERLINK("http://evil.example/x","click")'
 
@@ -191,6 +194,29 @@ async def test_messages_analytics_refuses_a_backwards_range(client: httpx.AsyncC
     )
     assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "from"
     assert too_long.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        ("-infinity", "2026-01-01"),
+        ("2026-01-01", "infinity"),
+        ("2026-03-01", "2026-01-01"),
+        ("2020-01-01", "2026-01-01"),
+    ],
+)
+@pytest.mark.parametrize("function", ["analytics_daily", "analytics_messages"])
+async def test_the_sql_functions_refuse_endless_or_long_ranges_for_supabase_js_callers_too(
+    res: Resources, make_user: Any, function: str, first: str, last: str
+) -> None:
+    """What PostgREST would run for supabase.rpc(...): the range is checked in SQL, quickly."""
+    user = await make_user()
+    with pytest.raises(asyncpg.InvalidParameterValueError):
+        async with user_tx(res.pool, user.claims) as conn:
+            await conn.fetch(f"select * from public.{function}('{first}'::date, '{last}'::date)", timeout=5)
+    async with user_tx(res.pool, user.claims) as conn:
+        days = await conn.fetch("select * from public.analytics_daily('2026-01-01', '2026-12-31')")
+    assert len(days) == 365
 
 
 async def test_groups_reach(client: httpx.AsyncClient, seeded_user: Any) -> None:

@@ -813,3 +813,28 @@ async def test_openapi_documents_every_route_and_its_errors(client: httpx.AsyncC
     message = spec["components"]["schemas"]["Message"]["properties"]
     assert MESSAGE_KEYS <= set(message)
     assert json.dumps(spec)  # serialisable
+
+
+async def test_openapi_declares_the_bearer_scheme_on_every_route_that_needs_a_token(
+    client: httpx.AsyncClient, make_user: Any
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An access token from POST /api/auth/login (or Supabase Auth).",
+    }
+    declared = {
+        (path, method)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if {"HTTPBearer": []} in operation.get("security", [])
+    }
+    assert ("/api/messages", "get") in declared and ("/api/contacts/import", "post") in declared
+    assert ("/api/health", "get") not in declared and ("/api/auth/login", "post") not in declared
+    # What it declares is what it does: each such route refuses a request without a token.
+    for path, method in sorted(declared):
+        url = path.replace("{", "").replace("}", "")  # any id: the token is checked first
+        url = re.sub(r"(message|group|contact|notification)_id", "00000000-0000-0000-0000-000000000000", url)
+        answer = await client.request(method.upper(), url)
+        assert answer.status_code == 401, (path, method, answer.text)

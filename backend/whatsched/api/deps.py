@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem
 from starlette.requests import HTTPConnection
 
@@ -93,7 +94,16 @@ async def verify_token(res: Resources, token: str) -> dict[str, Any]:
         ) from exc
 
 
-async def caller(request: Request, res: Resources = Depends(resources)) -> Caller:
+# Declares the scheme in OpenAPI (Swagger's Authorize button); bearer_token() reads the header, so
+# a missing or malformed one is answered with our own 401 body.
+BEARER = HTTPBearer(auto_error=False, description="An access token from POST /api/auth/login (or Supabase Auth).")
+
+
+async def caller(
+    request: Request,
+    res: Resources = Depends(resources),
+    _declared: HTTPAuthorizationCredentials | None = Security(BEARER),
+) -> Caller:
     token = bearer_token(request)
     claims = await verify_token(res, token)
     return Caller(
