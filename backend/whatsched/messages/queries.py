@@ -21,7 +21,7 @@ def _ts(expr: str) -> str:
     return f"""to_char({expr} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
-# The guide's message shape, over a relation `m` of messages. Its groups and live audience are
+# The guide's message shape, over a relation `m` of messages joined by MESSAGE_JOINS. Groups are
 # looked up per row (LATERAL, by index): the plan does not depend on how many rows a page has, so
 # Postgres can reuse one generic plan for every page instead of planning each request.
 # Before fan-out recipient_count is the live audience (public.message_audiences caches
@@ -36,7 +36,7 @@ MESSAGE_JSON = f"""json_build_object(
   'updated_at', {_ts("m.updated_at")},
   'sent_at', {_ts("m.sent_at")},
   'recipient_count', case when m.status in ('draft', 'scheduled', 'paused') and m.recipient_count = 0
-                          then coalesce((select a.recipients from public.message_audiences a where a.message_id = m.id), 0)
+                          then coalesce(aud.recipients, 0)
                           else m.recipient_count end,
   'delivered_count', m.delivered_count,
   'failed_count', m.failed_count,
@@ -44,8 +44,9 @@ MESSAGE_JSON = f"""json_build_object(
   'recurrence', m.recurrence
 )"""
 
-# Each message's groups as one JSON array ('[]' when none), for the row `m`.
-GROUPS_OF_M = """cross join lateral (
+# What MESSAGE_JSON reads besides `m`: its cached audience and its groups as one JSON array ('[]' when none).
+MESSAGE_JOINS = """left join public.message_audiences aud on aud.message_id = m.id
+cross join lateral (
   select coalesce(json_agg(json_build_object('id', g.id, 'name', g.name, 'contact_count', g.contact_count)
                            order by g.name, g.id), '[]'::json) as groups
   from public.message_groups mg
@@ -55,7 +56,7 @@ GROUPS_OF_M = """cross join lateral (
 
 
 ONE_MESSAGE = f"""
-select {MESSAGE_JSON}::text from public.messages m {GROUPS_OF_M} where m.id = $1::uuid"""
+select {MESSAGE_JSON}::text from public.messages m {MESSAGE_JOINS} where m.id = $1::uuid"""
 
 _SORTS = {
     "created_at": "m.created_at, m.id",
@@ -142,7 +143,7 @@ with page as (
   select m.* from public.messages m where {condition} order by {order} limit {limit} offset {offset}
 )
 select json_build_object(
-  'items', coalesce((select json_agg({MESSAGE_JSON} order by {order}) from page m {GROUPS_OF_M}), '[]'::json),
+  'items', coalesce((select json_agg({MESSAGE_JSON} order by {order}) from page m {MESSAGE_JOINS}), '[]'::json),
   'total', {total},
   'page', {int(page)}::integer,
   'page_size', {limit}::integer
