@@ -51,7 +51,9 @@ def normalize(raw: str | None, default_country: str | None = None) -> Parsed:
     # WhatsApp before sending. Numbers that are known to be fixed lines are refused.
     if not phonenumbers.is_possible_number(number):
         return Parsed(None, "wrong length for a number of its country")
-    if phonenumbers.is_valid_number(number) and phonenumbers.number_type(number) in _NOT_MOBILE:
+    # number_type is UNKNOWN for a number is_valid_number would refuse, so one call answers both
+    # (is_valid_number would match the number against its country's patterns a second time).
+    if phonenumbers.number_type(number) in _NOT_MOBILE:
         return Parsed(None, "not a mobile number (WhatsApp needs a mobile line)")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if not E164.match(e164):
