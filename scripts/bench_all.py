@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/bench_all.py [--out BENCHMARKS.md]
 
-Runs scripts/bench_api.py, bench_import.py, bench_dispatch.py and bench_realtime.py with their
-defaults (each on its own throwaway database: embedded, or DATABASE_URL's server), collects the
+Runs scripts/bench_machine.py (how fast this machine's cores are against the reference machine),
+then bench_api.py, bench_import.py, bench_dispatch.py and bench_realtime.py with their defaults
+(each on its own throwaway database: embedded, or DATABASE_URL's server), collects the
 figures each one records (scripts/benchlib.py), and writes a Markdown table with the machine it
 ran on and the commit. Each benchmark's full output is kept beside it in .data/bench/.
 """
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["bench_api.py", "bench_import.py", "bench_dispatch.py", "bench_realtime.py"]
+BENCHMARKS = ["bench_machine.py", "bench_api.py", "bench_import.py", "bench_dispatch.py", "bench_realtime.py"]
 
 
 def machine() -> str:
