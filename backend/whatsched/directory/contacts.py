@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from whatsched.db.paging import limit_offset
 from whatsched.directory.sql import NAME_ORDER, Args, like, ts
 
 # The guide's contact shape (plus opted_out_at), over contacts `c` left-joined to `grp` (groups_of).
@@ -95,12 +96,12 @@ def list_query(f: ContactFilters, sort: str, page: int, page_size: int) -> tuple
         where.append(f"c.is_active = {arg(f.is_active)}")
     condition = " and ".join(where) or "true"
     order = SORTS[sort]
-    limit, offset = arg(page_size), arg((page - 1) * page_size)
+    limit, offset = limit_offset(page, page_size)
     body = f"""json_build_object(
   'items', coalesce((select json_agg({CONTACT_JSON} order by {order})
                      from page c left join grp on grp.contact_id = c.id), '[]'::json),
   'total', (select count(*) from public.contacts c where {condition}),
-  'page', {arg(page)}::integer,
+  'page', {int(page)}::integer,
   'page_size', {limit}::integer
 )::text"""
     if member_of:

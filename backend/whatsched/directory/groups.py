@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from whatsched.db.paging import limit_offset
 from whatsched.directory.sql import NAME_ORDER, Args, like, ts
 
 # The guide's group shape, over a relation aliased `g`.
@@ -60,7 +61,7 @@ def list_query(f: GroupFilters, sort: str, page: int, page_size: int) -> tuple[s
         where.append(f"g.name ilike {arg(like(f.q))}")
     condition = " and ".join(where) or "true"
     order = SORTS[sort]
-    limit, offset = arg(page_size), arg((page - 1) * page_size)
+    limit, offset = limit_offset(page, page_size)
     sql = f"""
 with page as (
   select g.* from public.groups g where {condition} order by {order} limit {limit} offset {offset}
@@ -68,7 +69,7 @@ with page as (
 select json_build_object(
   'items', coalesce((select json_agg({GROUP_JSON} order by {order}) from page g), '[]'::json),
   'total', (select count(*) from public.groups g where {condition}),
-  'page', {arg(page)}::integer,
+  'page', {int(page)}::integer,
   'page_size', {limit}::integer
 )::text"""
     return sql, arg.values

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from whatsched.db.paging import limit_offset
+
 
 def _ts(expr: str) -> str:
     # ISO 8601 UTC with Z, microseconds kept (what UtcDateTime writes, to the digit count).
@@ -134,10 +136,7 @@ def list_query(f: ListFilters, sort: str, page: int, page_size: int) -> tuple[st
             f"(select coalesce(sum(c.n), 0) from public.message_counts c where {' and '.join(counts_where) or 'true'})"
         )
     order = _SORTS[sort]
-    # Page size and offset are part of the statement (validated integers): a parameter there makes
-    # Postgres assume a 10% offset, price the generic plan above a custom one and plan every run.
-    # With them known, the generic plan wins and each connection plans a page once.
-    limit, offset = str(int(page_size)), str((int(page) - 1) * int(page_size))
+    limit, offset = limit_offset(page, page_size)
     sql = f"""
 with page as (
   select m.* from public.messages m where {condition} order by {order} limit {limit} offset {offset}
