@@ -428,12 +428,6 @@ async def test_a_claim_skips_messages_another_claim_holds(
     assert [(r["status"], r["n"]) for r in rows] == [("sending", 2)] * 6  # each fanned out once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncpg.exceptions.LockNotAvailableError,
-    reason="20261128001000's message_counts row per (owner, status) is locked by the first claim's "
-    "status change until it commits, so a second claim of the same owner's messages waits for it",
-)
 async def test_claims_of_one_owners_messages_do_not_wait_for_each_other(
     prepared: Prepared, app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, someone: Person
 ) -> None:
@@ -453,6 +447,49 @@ async def test_claims_of_one_owners_messages_do_not_wait_for_each_other(
     finally:
         await holder.close()
     assert set(mine) <= held | second and not held & second
+
+
+async def counts_by_status(admin: asyncpg.Connection, owner: Person) -> tuple[dict[str, int], dict[str, int]]:
+    """(what public.message_counts says, what counting the messages says), zeros left out."""
+    kept = await admin.fetch(
+        "select status, sum(n)::int as n from public.message_counts where created_by = $1::uuid"
+        " group by status having sum(n) <> 0",
+        owner.id,
+    )
+    real = await admin.fetch(
+        "select status, count(*)::int as n from public.messages where created_by = $1::uuid group by status",
+        owner.id,
+    )
+    return {r["status"]: r["n"] for r in kept}, {r["status"]: r["n"] for r in real}
+
+
+async def test_message_counts_stay_exact_through_changes_and_compaction(
+    prepared: Prepared, app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, someone: Person
+) -> None:
+    await due_messages(app_pool, owner_conn, someone, 5)
+    drafts = [await add_message(owner_conn, someone, []) for _ in range(3)]
+    async with session(app_pool, someone, commit=True) as conn:
+        await conn.execute("select public.cancel_message($1::uuid)", drafts[0])
+        await conn.execute("delete from public.messages where id = $1::uuid", drafts[1])
+    await claim_as_service(app_pool, "worker-1", 2)
+    kept, real = await counts_by_status(owner_conn, someone)
+    assert kept == real and sum(real.values()) == 7, (kept, real)
+    # Each transaction wrote its own rows; the compaction folds them, one row per status.
+    assert await owner_conn.fetchval(
+        "select count(*) from public.message_counts where created_by = $1::uuid and shard <> 0", someone.id
+    ) > len(real)
+    folded = await owner_conn.fetchval("select private.compact_message_counts()")
+    assert folded > 0
+    kept, real = await counts_by_status(owner_conn, someone)
+    assert kept == real, (kept, real)
+    rows = await owner_conn.fetch(
+        "select status, shard from public.message_counts where created_by = $1::uuid", someone.id
+    )
+    assert {r["shard"] for r in rows} == {0} and len(rows) == len({r["status"] for r in rows})
+    # Users cannot run it.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with session(app_pool, someone) as conn:
+            await conn.fetchval("select private.compact_message_counts()")
 
 
 async def test_concurrent_claims_never_return_the_same_message(

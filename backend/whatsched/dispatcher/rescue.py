@@ -6,7 +6,9 @@ between could leave behind, and tell the worker when work is overdue.
   last completion and the finish);
 - `overdue`: whether anything is due now (an expired lease, a retry, a message) that no
   NOTIFY announced, so the worker wakes for it;
-- `prune_usage`: drop pacing counts older than the daily window.
+- `prune_usage`: drop pacing counts older than the daily window;
+- `compact_counts`: fold the per-transaction rows of public.message_counts into one per owner
+  and status (each transaction writes its own rows so status changes never wait on a counter).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from whatsched.dispatcher import complete
 
 OVERDUE = "select coalesce(private.next_wake_at($1, $2) <= now(), false)"
 PRUNE = "delete from private.sender_usage where minute < now() - interval '2 days'"
+COMPACT = "select private.compact_message_counts()"
 
 
 async def sweep(conn: asyncpg.Connection) -> list[complete.Finished]:
@@ -31,3 +34,8 @@ async def overdue(conn: asyncpg.Connection, sender: str | None, ahead_s: float) 
 async def prune_usage(conn: asyncpg.Connection) -> int:
     status: str = await conn.execute(PRUNE)
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def compact_counts(conn: asyncpg.Connection) -> int:
+    folded: int = await conn.fetchval(COMPACT)
+    return folded

@@ -235,6 +235,7 @@ class Worker:
             try:
                 for done in await rescue.sweep(self._house):
                     log.info("message %s finished by the sweep: %s", done.id, done.status)
+                await rescue.compact_counts(self._house)
                 sender = self.sender if self.pacing.active else None
                 if await rescue.overdue(self._house, sender, self.dispatch.start_ahead_s):
                     self._wake.set()
