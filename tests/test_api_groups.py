@@ -12,7 +12,9 @@ import asyncpg
 import httpx
 import pytest
 
+from whatsched.api.app import create_app
 from whatsched.api.deps import Resources
+from whatsched.config import Settings
 from whatsched.db.pool import user_tx
 
 GROUP_KEYS = {"id", "name", "description", "contact_count", "created_at", "updated_at", "created_by"}
@@ -456,6 +458,26 @@ async def test_cors_preflight_answers_with_the_guides_headers(client: httpx.Asyn
         "/api/groups", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     )
     assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+async def test_an_unexpected_error_is_a_500_with_the_error_body_that_a_browser_can_read(settings: Settings) -> None:
+    app = create_app(settings)
+
+    @app.get("/api/explode", include_in_schema=False)
+    async def explode() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        resp = await http.get("/api/explode", headers={"Origin": "http://localhost:3000"})
+    assert resp.status_code == 500
+    assert resp.json() == {
+        "detail": "Something went wrong on our side; it has been logged.",
+        "code": "internal_error",
+        "errors": [],
+    }
+    # Without the CORS headers the browser would hide the 500 behind a CORS failure.
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
 
 
 async def test_openapi_documents_the_group_routes_and_their_errors(client: httpx.AsyncClient) -> None:

@@ -46,6 +46,10 @@ def test_length_is_counted_after_cleaning() -> None:
         ("data:text/html;base64,PHNjcmlwdD4=", "data:text/html"),
         ('texto " onmouseover="alert(1)', "onmouseover="),
         ("<!-- oculto -->", "<!--"),
+        ("<xss contenteditable onbeforeinput=alert(1)>x</xss>", "<xss contenteditable onbeforeinput>"),
+        ("<x onwebkitanimationend=alert(1) style=animation-name:y>", "<x onwebkitanimationend style>"),
+        ("<custom-el>hola</custom-el>", "<custom-el>"),
+        ('<y title="z">', "<y title>"),
     ],
 )
 def test_html_and_script_are_refused_naming_what_was_found(raw: str, found: str) -> None:

@@ -196,13 +196,15 @@ async def test_whatsapp_status_is_relayed_to_everyone_and_a_disconnection_warns_
     async def status(**event: Any) -> None:
         assert (await post_event(client, token, {"type": "whatsapp_status", **event})).status_code == 204
 
+    await status(status="initializing", phone=None, last_error=None)  # the guide's set: told as disconnected
     await status(status="connected", phone="+15550000001", since="2026-01-01T00:00:00.000Z", last_error=None)
     await status(status="qr_needed", qr_code="data:image/png;base64,AAAA", phone=None, last_error=None)
     await status(status="disconnected", last_error="phone offline")
     await status(status="disconnected", last_error="still offline")  # no transition: no second warning
-    await eventually(lambda: asyncio.sleep(0, len(realtime_frames)), lambda n: n >= 4, what="4 relayed frames")
+    await eventually(lambda: asyncio.sleep(0, len(realtime_frames)), lambda n: n >= 5, what="5 relayed frames")
 
     assert [(f["event"], f["private"], f["payload"]) for f in realtime_frames] == [
+        ("whatsapp_status", True, {"type": "whatsapp_status", "status": "disconnected"}),
         ("whatsapp_status", True, {"type": "whatsapp_status", "status": "connected"}),
         (
             "whatsapp_status",

@@ -8,7 +8,8 @@ Cleaning (`clean`), applied on create and update:
   - leading and trailing whitespace is trimmed;
   - the result must be 1 to 4096 characters (`content_empty`, `content_too_long`);
   - HTML or script is refused (`html_not_allowed`), naming what was found: an HTML tag
-    (``<script>``, ``<b>``, ``<a href>``), a comment or doctype, a ``javascript:``/``vbscript:``/
+    (``<script>``, ``<b>``, ``<a href>``), a custom element (``<my-widget>``), any tag with an
+    attribute value (``<x onbeforeinput=...>``), a comment or doctype, a ``javascript:``/``vbscript:``/
     ``data:text/html`` URL, or an event handler attribute (``onclick=``).
 
 Rendering (`render`): ``{{name}}`` (spaces allowed inside the braces: ``{{ name }}``) becomes the
@@ -81,8 +82,11 @@ def find_html(text: str) -> str | None:
     """What HTML or script the text holds, as the API names it (None when there is none)."""
     for match in _TAG.finditer(text):
         tag = match.group(1).lower()
-        if tag in _HTML_TAGS:
-            attrs = [a.lower() for a in _ATTR.findall(match.group(2) or "")]
+        raw_attrs = match.group(2) or ""
+        # A known element; a custom element (a name with a hyphen, which browsers render); or any
+        # tag carrying an attribute with a value (an unknown <x onanything=...> still runs it).
+        if tag in _HTML_TAGS or "-" in tag or "=" in raw_attrs:
+            attrs = [a.lower() for a in _ATTR.findall(raw_attrs)]
             return "<" + " ".join([tag, *attrs]) + ">"
     markup = _MARKUP.search(text)
     if markup:

@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc",
         openapi_url="/openapi.json",
     )
+    app.add_middleware(errors.UnexpectedErrors)  # inside CORS: a 500 carries the CORS headers too
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.origins,

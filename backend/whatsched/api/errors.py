@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import asyncpg
@@ -10,6 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("whatsched.api")
 
 
 class FieldError(BaseModel):
@@ -150,13 +154,6 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, detail, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        import logging
-
-        logging.getLogger("whatsched.api").exception("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
-
     @app.exception_handler(OSError)
     async def _os(_: Request, exc: OSError) -> JSONResponse:
         return error_response(503, "database_unavailable", "The database is unreachable; try again shortly.")
@@ -168,3 +165,35 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(asyncpg.exceptions.AdminShutdownError)
     async def _db_down(_: Request, exc: Exception) -> JSONResponse:
         return error_response(503, "database_unavailable", "The database is unreachable; try again shortly.")
+
+
+class UnexpectedErrors:
+    """A 500 with the error body for what no handler knows, logged with its traceback.
+
+    Added inside CORSMiddleware, so a browser reads the 500 (an `Exception` handler would run in
+    Starlette's outermost layer, where the CORS headers are never added). If the response had
+    already started, the exception goes on up and the connection is cut."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            answer = error_response(500, "internal_error", "Something went wrong on our side; it has been logged.")
+            await answer(scope, receive, send)

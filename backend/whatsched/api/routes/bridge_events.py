@@ -129,7 +129,10 @@ async def _apply_ack(res: Resources, event: MessageAck) -> None:
 
 
 async def _relay_status(res: Resources, event: WhatsAppStatus) -> None:
-    frame: dict[str, Any] = {"type": "whatsapp_status", "status": event.status}
+    # The guide's event knows connected | disconnected | qr_needed: a bridge still starting is not
+    # connected yet. The database keeps the bridge's own word (health shows it).
+    shown = "disconnected" if event.status == "initializing" else event.status
+    frame: dict[str, Any] = {"type": "whatsapp_status", "status": shown}
     if event.status == "qr_needed":
         frame["qr_code"] = event.qr_code
     async with service_tx(res.pool) as conn:
