@@ -356,6 +356,15 @@ async def test_messages_xlsx_opens_and_neutralises(client: httpx.AsyncClient, se
     assert m1["created_at (UTC)"] == _at(_day(3), 12).replace(tzinfo=None)
 
 
+async def test_a_bare_export_is_the_messages_csv(client: httpx.AsyncClient, seeded_user: Any) -> None:
+    """The guide names GET /api/reports/export without parameters: it answers the messages report."""
+    user, seeded = seeded_user
+    resp = await client.get("/api/reports/export", headers=user.headers)
+    assert resp.status_code == 200
+    assert resp.headers["content-disposition"] == f'attachment; filename="whatsched-messages-{TODAY.isoformat()}.csv"'
+    assert [r["id"] for r in _read_csv(resp)] == [seeded.m1, seeded.m3, seeded.m2]
+
+
 async def test_deliveries_csv_in_a_day_range(client: httpx.AsyncClient, seeded_user: Any) -> None:
     user, seeded = seeded_user
     day = _day(1).isoformat()
@@ -393,7 +402,7 @@ async def test_exports_show_only_your_rows_unless_an_admin_asks_for_all(
 
 @pytest.mark.parametrize(
     "query",
-    ["format=pdf&type=contacts", "format=csv&type=passwords", "format=csv", "type=contacts&from=2026-02-30"],
+    ["format=pdf&type=contacts", "format=csv&type=passwords", "type=", "type=contacts&from=2026-02-30"],
 )
 async def test_bad_export_parameters_are_422(client: httpx.AsyncClient, make_user: Any, query: str) -> None:
     user = await make_user()

@@ -174,7 +174,7 @@ def read_chunks(spool: IO[bytes]) -> Iterator[bytes]:
 )
 async def export(
     format: Format = Query("csv", description="csv or xlsx"),
-    type: ReportType = Query(..., description="what to export"),
+    type: ReportType = Query("messages", description="what to export (default: messages)"),
     from_: date | None = Query(None, alias="from", description="first day of creation (YYYY-MM-DD, your timezone)"),
     to: date | None = Query(None, description="last day of creation, included"),
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's rows (admins only)"),
