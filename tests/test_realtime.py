@@ -278,6 +278,33 @@ async def test_a_fresh_token_keeps_the_socket_and_an_expiring_one_closes_it(
 # ---------------------------------------------------------------------------------------------
 
 
+async def test_before_fan_out_the_progress_total_is_the_messages_audience(
+    api: ApiProcess, make_user: Any, admin: asyncpg.Connection
+) -> None:
+    user = await make_user()
+    owner = uuid.UUID(user.id)
+    group = await admin.fetchval("insert into public.groups (created_by, name) values ($1, 'g') returning id", owner)
+    await admin.execute(
+        """with c as (
+             insert into public.contacts (created_by, name, phone)
+             select $1, 'C' || n, '+5691' || lpad(n::text, 7, '0') from generate_series(1, 3) n returning id)
+           insert into public.group_contacts (group_id, contact_id, created_by) select $2, id, $1 from c""",
+        owner,
+        group,
+    )
+    draft = await admin.fetchval(
+        "insert into public.messages (created_by, content) values ($1, 'hola') returning id", owner
+    )
+    await admin.execute(
+        "insert into public.message_groups (message_id, group_id, created_by) values ($1, $2, $3)", draft, group, owner
+    )
+    ws = await open_socket(api, user)
+    status, progress = await subscribe(ws, str(draft))
+    assert status["status"] == "draft"
+    assert progress == {"type": "message_progress", "message_id": str(draft), "sent": 0, "total": 3, "failed": 0}
+    await ws.close()
+
+
 async def test_subscribing_sends_the_current_status_and_progress(
     api: ApiProcess, make_user: Any, admin: asyncpg.Connection
 ) -> None:

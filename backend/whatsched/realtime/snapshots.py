@@ -11,8 +11,12 @@ import asyncpg
 from whatsched.db.pool import service_tx, user_tx
 from whatsched.realtime import protocol
 
+# Before fan-out the total is the live audience, as in the message JSON (public.message_audiences).
 _COLUMNS = """
-  id::text as id, status, recipient_count, delivered_count, failed_count,
+  id::text as id, status, delivered_count, failed_count,
+  case when status in ('draft', 'scheduled', 'paused') and recipient_count = 0
+       then coalesce((select a.recipients from public.message_audiences a where a.message_id = messages.id), 0)
+       else recipient_count end as recipient_count,
   to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') as timestamp
 """
 
