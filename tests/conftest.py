@@ -14,6 +14,7 @@ import pytest
 
 from whatsched.config import Settings
 from whatsched.db.embedded import EmbeddedPostgres, free_port
+from whatsched.db.pool import create_pool
 from whatsched.db.setup import Prepared, prepare
 
 
@@ -84,6 +85,22 @@ async def admin(prepared: Prepared) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def owner_conn(prepared: Prepared) -> AsyncIterator[asyncpg.Connection]:
+    """The schema suites' superuser connection (the migrations' owner), one per test module."""
+    conn = await asyncpg.connect(prepared.admin_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def app_pool(prepared: Prepared) -> AsyncIterator[asyncpg.Pool]:
+    """The app's pool (login role `authenticator`, as PostgREST connects), one per test module."""
+    pool = await create_pool(prepared.app_url, min_size=2, max_size=8)
+    yield pool
+    await pool.close()
 
 
 # ---------------------------------------------------------------------------------------------

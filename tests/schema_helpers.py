@@ -3,7 +3,9 @@ caller (a user, anon, the service), owned rows, and assertions on SQLSTATEs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -48,8 +50,8 @@ async def create_person(admin: asyncpg.Connection, *, is_admin: bool = False) ->
 
 async def delete_people(admin: asyncpg.Connection, people: list[Person]) -> None:
     """Everything they own goes with them (cascades), so no due message is left for other suites.
-    Messages first: deleting a user with messages in one cascade trips message_counts' foreign key
-    (20261128001000 counts a deleted message after the user's counter rows are gone)."""
+    Messages first, while their owner exists, so message_counts counts them down (a cascade from
+    auth.users removes the counters instead: 20261129000500_derived_counts skips owners that are gone)."""
     ids = [p.id for p in people]
     await admin.execute("delete from public.messages where created_by = any($1::uuid[])", ids)
     await admin.execute("delete from auth.users where id = any($1::uuid[])", ids)
@@ -150,8 +152,10 @@ async def link_contacts(admin: asyncpg.Connection, owner: Person, group_id: str,
 
 
 async def add_message(
-    admin: asyncpg.Connection, owner: Person, group_ids: Sequence[str] = (), content: str = "Hola"
+    admin: asyncpg.Connection, owner: Person, group_ids: Sequence[str] = (), content: str | None = None
 ) -> str:
+    # Distinct text by default: the spam guard refuses the same text to the same groups within a day.
+    content = content or "Hola " + secrets.token_hex(4)
     message_id = str(
         await admin.fetchval(
             "insert into public.messages (created_by, content) values ($1::uuid, $2) returning id", owner.id, content
@@ -173,27 +177,23 @@ async def status_of(admin: asyncpg.Connection, message_id: str) -> str:
 
 
 # -----------------------------------------------------------------------------------------------
-# The dispatcher's claim, whichever version of it the migrations define
+# The dispatcher's claim
 # -----------------------------------------------------------------------------------------------
 
 
-async def claim_signature(conn: asyncpg.Connection) -> tuple[list[str], str]:
-    """Argument names and return type of private.claim_messages (the latest migration's)."""
-    row = await conn.fetchrow(
-        """select coalesce(p.proargnames[1:p.pronargs], '{}') as names, p.prorettype::regtype::text as returns
-           from pg_proc p where p.proname = 'claim_messages' and p.pronamespace = 'private'::regnamespace
-           order by p.oid desc limit 1"""
-    )
-    assert row is not None, "private.claim_messages does not exist"
-    return list(row["names"]), str(row["returns"])
-
-
-async def claim(conn: asyncpg.Connection, worker: str, limit: int = 10, seconds: int = 60) -> list[str]:
-    """private.claim_messages(worker, limit, 60) as the caller of `conn`: the ids it returned.
-    The third argument is a lease (20261128000400) or a look-ahead (later dispatchers)."""
-    _, returns = await claim_signature(conn)
-    column = "c" if returns == "uuid" else "(c).id"
-    rows = await conn.fetch(
-        f"select {column}::text as id from private.claim_messages($1, $2, $3) c", worker, limit, seconds
-    )
+async def claim(conn: asyncpg.Connection, worker: str, limit: int = 10, ahead_s: float = 60) -> list[str]:
+    """private.claim_messages(worker, limit, ahead_s) as the caller of `conn`: the ids it started
+    (scheduled messages due within ahead_s seconds, now `sending` with their deliveries)."""
+    rows = await conn.fetch("select c::text as id from private.claim_messages($1, $2, $3) c", worker, limit, ahead_s)
     return [r["id"] for r in rows]
+
+
+@contextlib.asynccontextmanager
+async def lifted_schedule_limit(admin: asyncpg.Connection) -> AsyncIterator[None]:
+    """For tests that schedule many messages as one user within a minute (the limit is 10)."""
+    limit = await admin.fetchval("select schedule_per_minute from private.settings")
+    await admin.execute("update private.settings set schedule_per_minute = 1000")
+    try:
+        yield
+    finally:
+        await admin.execute("update private.settings set schedule_per_minute = $1", limit)

@@ -528,21 +528,30 @@ async def test_eleventh_schedule_in_a_minute_is_rate_limited(
 ) -> None:
     user = await make_user()
     group = await add_group(admin, user.id, 1)
-    msg = await create(client, user, group_ids=[group])
+    drafts = [await create(client, user, content=f"Recordatorio número {i}", group_ids=[group]) for i in range(11)]
     first = await client.post(
-        f"/api/messages/{msg['id']}/schedule", json={"scheduled_for": later(hours=1)}, headers=user.headers
+        f"/api/messages/{drafts[0]['id']}/schedule", json={"scheduled_for": later(hours=1)}, headers=user.headers
     )
     assert first.status_code == 200
     assert first.headers["X-RateLimit-Limit"] == "10" and first.headers["X-RateLimit-Remaining"] == "9"
     assert int(first.headers["X-RateLimit-Reset"]) > 0
-    # Refused attempts count too (this one: already scheduled).
-    for i in range(9):
-        resp = await client.post(f"/api/messages/{msg['id']}/schedule", headers=user.headers)
-        assert resp.status_code == 409, (i, resp.text)
-    limited = await client.post(f"/api/messages/{msg['id']}/schedule", headers=user.headers)
+    # A refused attempt leaves nothing behind, its count included (the limit lives in its transaction).
+    again = await client.post(f"/api/messages/{drafts[0]['id']}/schedule", headers=user.headers)
+    assert_error(again, 409, "invalid_transition")
+    for i, msg in enumerate(drafts[1:10]):
+        resp = await client.post(
+            f"/api/messages/{msg['id']}/schedule", json={"scheduled_for": later(hours=1)}, headers=user.headers
+        )
+        assert resp.status_code == 200, (i, resp.text)
+        assert resp.headers["X-RateLimit-Remaining"] == str(8 - i)
+    limited = await client.post(
+        f"/api/messages/{drafts[10]['id']}/schedule", json={"scheduled_for": later(hours=1)}, headers=user.headers
+    )
     assert_error(limited, 429, "rate_limited")
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
     assert limited.headers["X-RateLimit-Remaining"] == "0"
+    assert (await client.get(f"/api/messages/{drafts[10]['id']}", headers=user.headers)).json()["status"] == "draft"
+    msg = drafts[0]
     # Another user is not affected.
     other = await make_user()
     resp = await client.post(f"/api/messages/{msg['id']}/schedule", headers=other.headers)
@@ -685,14 +694,7 @@ async def fan_out(admin: asyncpg.Connection, message_id: str) -> None:
     await admin.execute("update messages set scheduled_for = '2000-01-01' where id = $1", message_id)
     async with admin.transaction():
         await admin.execute("set local role service_role")
-        # The dispatcher's claim has changed shape over time: (worker, limit[, seconds]) returning ids or rows.
-        returns, nargs = await admin.fetchrow(
-            "select prorettype::regtype::text, pronargs from pg_proc"
-            " where proname = 'claim_messages' and pronamespace = 'private'::regnamespace order by oid desc limit 1"
-        )
-        call = "private.claim_messages('pytest', 1" + (", 60)" if nargs == 3 else ")")
-        claim = f"select c::text as id from {call} c" if returns == "uuid" else f"select c.id::text as id from {call} c"
-        claimed = await admin.fetch(claim)
+        claimed = await admin.fetch("select c::text as id from private.claim_messages('pytest', 1, 60) c")
     assert [r["id"] for r in claimed] == [message_id]
 
 

@@ -87,6 +87,18 @@ async def test_sixth_login_in_fifteen_minutes_is_limited_even_with_the_right_pas
         assert (await _login(other_ip, user.email, user.password)).status_code == 200
 
 
+async def test_successful_logins_use_none_of_the_budget_an_office_can_log_in_at_nine(app: Any, make_user: Any) -> None:
+    staff = [await make_user() for _ in range(10)]
+    async with _client_from(app, "10.1.0.9") as office:
+        answers = [await _login(office, u.email, u.password) for u in staff]
+        assert [r.status_code for r in answers] == [200] * 10
+        assert {r.headers["X-RateLimit-Remaining"] for r in answers} == {"5"}
+        # Failures still count, and the budget they spend is what is left for everyone behind the address.
+        wrong = [await _login(office, staff[0].email, "wrong password") for _ in range(5)]
+        assert [r.headers["X-RateLimit-Remaining"] for r in wrong] == ["4", "3", "2", "1", "0"]
+        assert (await _login(office, staff[1].email, staff[1].password)).status_code == 429
+
+
 async def test_refresh_rotates_and_reuse_revokes_the_session(client: httpx.AsyncClient, make_user: Any) -> None:
     user = await make_user()
     first = await client.post("/api/auth/refresh", json={"refresh_token": user.refresh_token})

@@ -1,4 +1,4 @@
-"""The dispatcher's SQL operations one at a time (migration 20261128001300), run as service_role
+"""The dispatcher's SQL operations one at a time (migration 20261129000700_dispatch), run as service_role
 like the worker. Each test runs in one transaction that is rolled back, with every other
 message in the database set aside first, so the claims see only the test's rows. now() is
 fixed within a transaction, which makes leases and backoffs exact to check."""

@@ -117,7 +117,7 @@ async def subscribe(ws: ClientConnection, message_id: str) -> tuple[dict[str, An
 
 
 async def new_message(admin: asyncpg.Connection, owner: str, recipients: int = 0) -> str:
-    """A message the worker has claimed, with its deliveries (as private.fan_out makes them)."""
+    """A message the worker has claimed, with its deliveries (as private.claim_messages makes them)."""
     message_id = str(
         await admin.fetchval(
             "insert into public.messages (created_by, content, status) values ($1, 'hola', 'sending') returning id",

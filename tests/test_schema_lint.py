@@ -1,17 +1,20 @@
 """A lint of the schema, in SQL over the catalogs: the rules every migration follows.
 
 Each rule is one query that lists its violations; the clean schema lists none, and a violation
-planted in a rolled-back transaction is listed (so the query can fail).
+planted in a rolled-back transaction is listed (so the query can fail). The last rules read the
+migration files themselves: each function, trigger and policy is created in one place only.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections import defaultdict
+from collections.abc import Mapping
 
 import asyncpg
 import pytest
 
-from whatsched.db.setup import Prepared
+from whatsched.db.migrate import migrations_dir
 
 # Tables in public without row-level security.
 RLS_DISABLED = """
@@ -86,13 +89,6 @@ where n.nspname in ('public', 'private') and p.prosecdef
   and not exists (select 1 from unnest(coalesce(p.proconfig, '{}')) as c (setting) where c.setting like 'search_path=%')
 order by 1
 """
-
-
-@pytest.fixture(scope="module")
-async def owner_conn(prepared: Prepared) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(prepared.admin_url)
-    yield conn
-    await conn.close()
 
 
 async def names(conn: asyncpg.Connection, sql: str, *args: object) -> list[str]:
@@ -262,3 +258,159 @@ async def test_search_path_rule_lists_an_unpinned_definer(owner_conn: asyncpg.Co
       create function public.lint_probe_invoker() returns int language sql as $$ select 1 $$;
     """
     assert await planted(owner_conn, setup, DEFINER_WITHOUT_SEARCH_PATH) == ["private.lint_probe()"]
+
+
+# -----------------------------------------------------------------------------------------------
+# Each function, trigger and policy is created once, in one migration file
+# -----------------------------------------------------------------------------------------------
+# Until the first release a change to an object edits its one definition: nothing is redefined by
+# a later file (or later in the same file), so nothing is dropped to be replaced either. Read from
+# the files' text, since the catalogs keep only the last definition.
+
+# String literals are kept whole (a '--' in one is not a comment); comments become a space.
+SQL_COMMENT_OR_STRING = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
+IDENT = r'(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)'
+QUALIFIED = rf"{IDENT}(?:\s*\.\s*{IDENT})?"
+CREATE_FUNCTION = re.compile(rf"\bcreate\s+(?:or\s+replace\s+)?function\s+(?P<name>{QUALIFIED})\s*\(", re.I)
+CREATE_TRIGGER = re.compile(
+    rf"\bcreate\s+(?:or\s+replace\s+)?(?:constraint\s+)?trigger\s+(?P<name>{IDENT})"
+    rf"\s+(?:before|after|instead\s+of)\b[^;]*?\bon\s+(?P<table>{QUALIFIED})",
+    re.I,
+)
+CREATE_POLICY = re.compile(rf"\bcreate\s+policy\s+(?P<name>{IDENT})\s+on\s+(?P<table>{QUALIFIED})", re.I)
+DROP_FUNCTION = re.compile(r"\bdrop\s+function\b", re.I)
+
+
+def without_comments(sql: str) -> str:
+    return SQL_COMMENT_OR_STRING.sub(lambda m: m[0] if m[0].startswith("'") else " ", sql)
+
+
+def identifier(text: str) -> str:
+    """An identifier as Postgres resolves it: quoted ones as written, the others in lower case."""
+    parts = re.findall(r'"(?:[^"]|"")+"|[^\s."]+', text)
+    return ".".join(p[1:-1].replace('""', '"') if p.startswith('"') else p.lower() for p in parts)
+
+
+def created_objects(sql: str) -> list[str]:
+    """The functions (by schema.name), triggers and policies (by name and table) that `sql`
+    creates, once per create statement."""
+    text = without_comments(sql)
+    found = [f"function {identifier(m['name'])}" for m in CREATE_FUNCTION.finditer(text)]
+    found += [f"trigger {identifier(m['name'])} on {identifier(m['table'])}" for m in CREATE_TRIGGER.finditer(text)]
+    found += [f'policy "{identifier(m["name"])}" on {identifier(m["table"])}' for m in CREATE_POLICY.finditer(text)]
+    return found
+
+
+def created_more_than_once(files: Mapping[str, str]) -> list[str]:
+    """Each object created by more than one statement, with the files that create it (a file
+    once per statement): `function private.f: a.sql, b.sql`."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(files):
+        for obj in created_objects(files[name]):
+            where[obj].append(name)
+    return [f"{obj}: {', '.join(names)}" for obj, names in sorted(where.items()) if len(names) > 1]
+
+
+def dropping_functions(files: Mapping[str, str]) -> list[str]:
+    return sorted(name for name, sql in files.items() if DROP_FUNCTION.search(without_comments(sql)))
+
+
+def migration_files() -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(migrations_dir().glob("*.sql"))}
+
+
+def test_the_migration_lint_sees_the_migrations() -> None:
+    """Guard against the rules passing because the patterns match nothing."""
+    files = migration_files()
+    assert len(files) >= 7
+    objects = [obj for sql in files.values() for obj in created_objects(sql)]
+    kinds = [obj.split()[0] for obj in objects]
+    assert kinds.count("function") >= 40 and kinds.count("trigger") >= 30 and kinds.count("policy") >= 20
+    assert "function private.claim_messages" in objects
+    assert "trigger on_auth_user_created on auth.users" in objects
+    assert "trigger messages_guard on public.messages" in objects
+    assert 'policy "realtime: join own user topic" on realtime.messages' in objects
+
+
+def test_every_function_trigger_and_policy_is_created_once() -> None:
+    assert created_more_than_once(migration_files()) == []
+
+
+def test_no_migration_drops_a_function() -> None:
+    assert dropping_functions(migration_files()) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "listed"),
+    [
+        (
+            {
+                "1_a.sql": "create function private.f(a int) returns int language sql as $$ select a $$;",
+                "2_b.sql": 'CREATE OR REPLACE FUNCTION "private".F (b text) RETURNS int AS $$ select 1 $$;',
+            },
+            ["function private.f: 1_a.sql, 2_b.sql"],
+        ),
+        (
+            {
+                "1_a.sql": """
+                  create or replace function public.g() returns void language sql as $$ $$;
+                  create or replace function
+                    public.g() returns void language sql as $$ select 1 $$;""",
+            },
+            ["function public.g: 1_a.sql, 1_a.sql"],
+        ),
+        (
+            {
+                "1_a.sql": "create trigger t_touch before update on public.t for each row execute function f();",
+                "2_b.sql": """create or replace trigger T_TOUCH
+                                after insert or update of a, b on public.t
+                                referencing new table as new_rows
+                                for each statement execute function g();""",
+            },
+            ["trigger t_touch on public.t: 1_a.sql, 2_b.sql"],
+        ),
+        (
+            {
+                "1_a.sql": """create policy "p: own" on public.t for select to authenticated using (true);
+                              create policy "p: own" on public.u for select to authenticated using (true);""",
+                "2_b.sql": 'create policy "p: own" on public.t for update to authenticated using (false);',
+            },
+            ['policy "p: own" on public.t: 1_a.sql, 2_b.sql'],
+        ),
+    ],
+    ids=["function-two-files", "function-one-file-twice", "trigger-same-table", "policy-same-table"],
+)
+def test_the_once_rule_lists_an_object_created_twice(files: dict[str, str], listed: list[str]) -> None:
+    assert created_more_than_once(files) == listed
+
+
+def test_the_once_rule_ignores_comments_and_other_tables() -> None:
+    files = {
+        "1_a.sql": """
+          -- create function private.f() would be replaced by 2_b.sql
+          /* create policy "p" on public.t */
+          create function private.h() returns text language sql as $$ select '--' $$; create function private.f()
+            returns void language sql as $$ $$;
+          create trigger t_touch before update on public.t for each row execute function private.f();
+          create policy "p" on public.t for select to authenticated using (true);""",
+        "2_b.sql": """
+          create trigger t_touch before update on public.u for each row execute function private.f();
+          create policy "p" on public.u for select to authenticated using (true);
+          create policy "P" on public.t for select to authenticated using (true);
+          create function public.f() returns void language sql as $$ $$;""",
+    }
+    assert created_objects(files["1_a.sql"]) == [
+        "function private.h",
+        "function private.f",
+        "trigger t_touch on public.t",
+        'policy "p" on public.t',
+    ]
+    assert created_more_than_once(files) == []
+
+
+def test_the_drop_rule_lists_a_drop_function() -> None:
+    files = {
+        "1_a.sql": "-- no drop function here\ncreate function private.f() returns int language sql as $$ select 1 $$;",
+        "2_b.sql": "DROP\n  FUNCTION IF EXISTS private.f();",
+    }
+    assert dropping_functions(files) == ["2_b.sql"]

@@ -398,10 +398,12 @@ def http_to(api: ApiProcess) -> httpx.AsyncClient:
 async def test_login_limit_holds_across_two_api_processes(apis: tuple[ApiProcess, ApiProcess], make_user: Any) -> None:
     flush_redis()
     user = await make_user()
-    body = {"email": user.email, "password": user.password}
+    wrong = {"email": user.email, "password": "not the password"}
+    right = {"email": user.email, "password": user.password}
     async with http_to(apis[0]) as first, http_to(apis[1]) as second:
-        answers = [await (first, second)[i % 2].post("/api/auth/login", json=body) for i in range(6)]
-    assert [r.status_code for r in answers] == [200, 200, 200, 200, 200, 429], [r.text for r in answers]
+        answers = [await (first, second)[i % 2].post("/api/auth/login", json=wrong) for i in range(5)]
+        answers.append(await second.post("/api/auth/login", json=right))
+    assert [r.status_code for r in answers] == [401, 401, 401, 401, 401, 429], [r.text for r in answers]
     limited = answers[-1]
     assert limited.json()["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) > 0

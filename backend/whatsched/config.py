@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     send_daily_cap: int = Field(default=1000, ge=0)
     quiet_hours: str = "21:00-08:00"
 
+    # The guide's per-user limits (per minute), enforced by Postgres on every path.
+    schedule_per_minute: int = Field(default=10, ge=1)
+    group_create_per_minute: int = Field(default=5, ge=1)
+
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     import_max_rows: int = Field(default=200_000, ge=1)

@@ -33,6 +33,7 @@ from whatsched.db import pool as db_pool
 from whatsched.db.setup import resolve_app_url
 from whatsched.errors import ConfigError
 from whatsched.realtime import Hub, RealtimeSettings
+from whatsched.rules import publish_settings
 
 
 def build_resources(settings: Settings, pool: asyncpg.Pool, bridge: BridgeClient) -> Resources:
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await resolve_app_url(settings)
         pool = await db_pool.create_pool(url, min_size=2, max_size=10)
+        async with db_pool.service_tx(pool) as conn:
+            await publish_settings(conn, settings)
         bridge = BridgeClient(settings.effective_bridge_url, settings.bridge_token, timeout_s=10)
         app.state.resources = build_resources(settings, pool, bridge)
         # One LISTEN connection per process relays database events to this process's sockets.

@@ -123,11 +123,20 @@ async def user_conn(
         yield conn
 
 
-async def enforce_limit(res: Resources, item: RateLimitItem, *keys: str) -> dict[str, str]:
-    """Count one hit; 429 with Retry-After when over. Returns the X-RateLimit-* headers."""
-    verdict = await res.limits.hit(item, *keys)
+async def enforce_limit(res: Resources, item: RateLimitItem, *keys: str, count: bool = True) -> dict[str, str]:
+    """429 with Retry-After when nothing remains; otherwise count one hit (unless `count` is
+    False: the caller counts only failures, see `count_failure`). Returns the X-RateLimit-* headers."""
+    verdict = await (res.limits.hit(item, *keys) if count else res.limits.peek(item, *keys))
     if not verdict.allowed:
         raise ApiError(
             429, "rate_limited", f"Too many requests; retry in {verdict.retry_after} s.", headers=verdict.headers()
         )
     return verdict.headers()
+
+
+async def count_failure(res: Resources, item: RateLimitItem, *keys: str) -> dict[str, str]:
+    """Count one failed attempt; returns the X-RateLimit-* headers after it."""
+    verdict = await res.limits.hit(item, *keys)
+    headers = verdict.headers()
+    headers.pop("Retry-After", None)  # this answer is the failure itself, not a refusal
+    return headers

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -86,7 +88,7 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or (str(loc[0]) if loc else "")
 
 
-# Our state machine's SQLSTATEs (class WS) and the standard ones a request can trigger.
+# The rules' SQLSTATEs (class WS, stable code in HINT) and the standard ones a request can trigger.
 _SQLSTATE_STATUS = {
     "WS404": 404,
     "WS409": 409,
@@ -95,6 +97,9 @@ _SQLSTATE_STATUS = {
     "WS423": 422,
     "WS424": 422,
     "WS425": 422,
+    "WS426": 422,  # content_empty | content_too_long | html_not_allowed
+    "WS427": 422,  # spam_suspected
+    "WS429": 429,  # rate_limited
 }
 _CONSTRAINT_CODES = {
     "contacts_phone_per_owner": ("duplicate_phone", "phone", "A contact with this phone already exists."),
@@ -102,12 +107,38 @@ _CONSTRAINT_CODES = {
 }
 
 
+def rate_limit_headers(status: Mapping[str, Any]) -> dict[str, str]:
+    """X-RateLimit-* (and Retry-After when nothing remains) from public.rate_limit_status."""
+    headers = {
+        "X-RateLimit-Limit": str(status["limit"]),
+        "X-RateLimit-Remaining": str(status["remaining"]),
+        "X-RateLimit-Reset": str(status["reset"]),
+    }
+    if status["remaining"] == 0 and "retry_after" in status:
+        headers["Retry-After"] = str(status["retry_after"])
+    return headers
+
+
+def _rule_refusal(state: str, exc: asyncpg.PostgresError, message: str) -> JSONResponse:
+    """A rule raised in SQL: HINT is the code; DETAIL the fields at fault (a JSON array), or the
+    rate limit's state (a JSON object) for WS429."""
+    code = getattr(exc, "hint", None) or "conflict"
+    try:
+        detail = json.loads(getattr(exc, "detail", None) or "null")
+    except ValueError:
+        detail = None
+    if state == "WS429" and isinstance(detail, dict):
+        return error_response(429, code, message, headers=rate_limit_headers({**detail, "remaining": 0}))
+    errors = [e for e in detail if isinstance(e, dict)] if isinstance(detail, list) else []
+    return error_response(_SQLSTATE_STATUS[state], code, message, errors)
+
+
 def database_error(exc: asyncpg.PostgresError) -> JSONResponse | None:
     """Map a refusal from Postgres to the API's answer; None when it is a genuine server fault."""
     state = exc.sqlstate or ""
     message = getattr(exc, "message", None) or str(exc)
     if state in _SQLSTATE_STATUS:
-        return error_response(_SQLSTATE_STATUS[state], getattr(exc, "hint", None) or "conflict", message)
+        return _rule_refusal(state, exc, message)
     if state == "23505":  # unique_violation
         code, field, detail = _CONSTRAINT_CODES.get(
             getattr(exc, "constraint_name", "") or "", ("conflict", "", "This resource already exists.")

@@ -1,4 +1,4 @@
-"""Rate limits from the guide, counted with `limits`: in memory, or in Redis when REDIS_URL is set
+"""The login limit from the guide, counted with `limits`: in memory, or in Redis when REDIS_URL is set
 so every API process shares one count."""
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-LOGIN = parse("5/15 minutes")  # per client IP
-SCHEDULE = parse("10/minute")  # message sending, per user
-GROUP_CREATE = parse("5/minute")  # per user
+LOGIN = parse("5/15 minutes")  # per client IP (the per-user limits are counted in Postgres)
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,11 @@ class RateLimits:
             storage = MemoryStorage()
         self.storage = storage
         self.limiter = MovingWindowRateLimiter(storage)
+
+    async def peek(self, item: RateLimitItem, *keys: str) -> Verdict:
+        """The window's state without counting anything: allowed while something remains."""
+        stats = await self.limiter.get_window_stats(item, *keys)
+        return Verdict(stats.remaining > 0, item.amount, stats.remaining, stats.reset_time)
 
     async def hit(self, item: RateLimitItem, *keys: str) -> Verdict:
         allowed = await self.limiter.hit(item, *keys)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import asyncpg
 
+from whatsched.errors import ConfigError
+
 FILE_NAME = re.compile(r"^(?P<version>\d{14})_(?P<name>[a-z0-9_]+)\.sql$")
 LOCK_KEY = 7265002
 
@@ -51,9 +53,24 @@ async def applied_versions(conn: asyncpg.Connection) -> set[str]:
     return {r["version"] for r in rows}
 
 
+def unknown_versions(done: set[str], known: list[Migration]) -> list[str]:
+    """Applied versions this checkout does not have: a database migrated by another history."""
+    return sorted(done - {m.version for m in known})
+
+
 async def pending(conn: asyncpg.Connection, folder: Path | None = None) -> list[Migration]:
     done = await applied_versions(conn)
-    return [m for m in discover(folder) if m.version not in done]
+    known = discover(folder)
+    stale = unknown_versions(done, known)
+    if stale:
+        # Before the first release the migrations were squashed (one file per feature): a
+        # database migrated by the older files cannot be moved forward, only recreated.
+        raise ConfigError(
+            f"the database was migrated by migrations this checkout does not have ({', '.join(stale[:3])}"
+            f"{', ...' if len(stale) > 3 else ''}); it predates the squashed schema: recreate it"
+            " (for the embedded default, delete DATA_DIR's postgres folder) and run whatsched migrate again"
+        )
+    return [m for m in known if m.version not in done]
 
 
 async def migrate(conn: asyncpg.Connection, folder: Path | None = None) -> list[Migration]:

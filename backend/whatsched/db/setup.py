@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from whatsched import rules
 from whatsched.config import Settings
 from whatsched.db import bootstrap, migrate, pool
 from whatsched.errors import ConfigError
@@ -33,6 +34,7 @@ async def prepare(settings: Settings) -> Prepared:
     try:
         applied_bootstrap = await bootstrap.bootstrap(conn, settings.authenticator_password)
         applied = await migrate.migrate(conn)
+        await rules.publish_settings(conn, settings)
     finally:
         await conn.close()
     return Prepared(

@@ -1,7 +1,8 @@
 """Recurring messages (beyond the guide): when a message with a `recurrence` finishes (sent or
 failed), its next occurrence is a new scheduled message with the same content and groups at the
 next time the rule matches, in the owner's timezone, with `recurrence_parent_id` set. A
-cancelled message ends its series.
+cancelled message ends its series. The spam guard checks each occurrence (its own series is not a
+duplicate of it); one it refuses waits paused, and its owner gets a warning notification.
 
 Rules are 5-field cron expressions ("0 9 * * 1-5": weekdays at 09:00) or croniter's shortcuts
 (@hourly, @daily, @weekly, @monthly, @yearly). The next time is strictly after both the finished
@@ -77,5 +78,9 @@ async def schedule_next(
     created = [r["id"] for r in rows]
     if created:
         await conn.execute(COPY_GROUPS, created, [r["recurrence_parent_id"] for r in rows])
+        # The spam guard, as on every way into `scheduled`: a refused occurrence waits paused.
+        held = await conn.fetch("select private.hold_spam_occurrences($1::uuid[]) as id", created)
+        if held:
+            log.warning("recurrence: %d occurrence(s) paused by the spam guard", len(held))
         await conn.execute(WAKE, created)
     return created

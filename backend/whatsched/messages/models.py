@@ -28,7 +28,7 @@ def validate_cron(value: str | None) -> str | None:
 
 
 class MessageWrite(BaseModel):
-    # Raw content may be longer than 4096: the limit applies after cleaning (content.clean).
+    # Raw content may be longer than 4096: the database cleans it, then counts (private.clean_content).
     content: str = Field(max_length=20_000, description="Plain text, at most 4096 characters after cleaning")
     group_ids: list[UUID] = Field(default_factory=list, max_length=100)
     scheduled_for: datetime | None = Field(
@@ -40,6 +40,13 @@ class MessageWrite(BaseModel):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         return validate_cron(value)
+
+    @field_validator("content")
+    @classmethod
+    def _without_nul(cls, value: str) -> str:
+        # Postgres text cannot carry NUL, so it cannot reach the cleaning that removes every other
+        # control character; JSON can. Dropping it here is transport, not a second rule.
+        return value.replace("\x00", "")
 
 
 class MessageCreate(MessageWrite):

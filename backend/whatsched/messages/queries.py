@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -156,17 +155,20 @@ async def list_messages(conn: asyncpg.Connection, f: ListFilters, sort: str, pag
     return text
 
 
-async def profile_zone(conn: asyncpg.Connection) -> ZoneInfo:
-    tz = await conn.fetchval("select timezone from public.profiles where id = (select auth.uid())")
-    return ZoneInfo(tz or "UTC")
-
-
 async def localize(conn: asyncpg.Connection, *values: datetime | None) -> list[datetime | None]:
-    """Times without an offset are read in the caller's profile timezone (one query, only if needed)."""
-    if all(v is None or v.tzinfo is not None for v in values):
+    """Times without an offset are read in the caller's profile timezone, as the database reads
+    them (private.caller_timezone); one query, only if needed."""
+    naive = [v for v in values if v is not None and v.tzinfo is None]
+    if not naive:
         return list(values)
-    zone = await profile_zone(conn)
-    return [v.replace(tzinfo=zone) if v is not None and v.tzinfo is None else v for v in values]
+    read = iter(
+        await conn.fetchval(
+            "select array(select t at time zone private.caller_timezone()"
+            " from unnest($1::timestamp[]) with ordinality as u (t, i) order by i)",
+            naive,
+        )
+    )
+    return [next(read) if v is not None and v.tzinfo is None else v for v in values]
 
 
 # -----------------------------------------------------------------------------------------------
@@ -246,28 +248,13 @@ async def delete_message(conn: asyncpg.Connection, message_id: str) -> str | Non
 # Spam facts, preview, stats, dashboard
 # -----------------------------------------------------------------------------------------------
 
-SPAM_FACTS = """
-select m.content,
-  exists (
-    select 1 from public.messages o
-    join public.message_groups og on og.message_id = o.id
-    where o.created_by = m.created_by and o.id <> m.id and o.content = m.content
-      and o.status in ('scheduled', 'sending', 'sent', 'paused')
-      and coalesce(o.sent_at, o.scheduled_for)
-          between coalesce($2, m.scheduled_for, now()) - interval '24 hours'
-              and coalesce($2, m.scheduled_for, now()) + interval '24 hours'
-      and og.group_id in (select group_id from public.message_groups where message_id = m.id)
-  ) as duplicate_recent,
-  (select count(*) from public.deliveries d
-   where d.created_by = m.created_by and d.created_at > now() - interval '24 hours'
-     and d.state not in ('cancelled', 'skipped'))::integer as deliveries_last_24h,
-  public.message_recipient_count(m.id) as recipients
-from public.messages m where m.id = $1::uuid"""
 
-
-async def spam_facts(conn: asyncpg.Connection, message_id: str, at: datetime | None) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(SPAM_FACTS, message_id, at)
-    return row
+async def spam_verdict(conn: asyncpg.Connection, message_id: str) -> tuple[str, list[str]] | None:
+    """The message's content and the spam guard's rules (public.spam_check); None when not visible."""
+    row = await conn.fetchrow(
+        "select content, public.spam_check(id) as rules from public.messages where id = $1::uuid", message_id
+    )
+    return None if row is None else (str(row["content"]), list(row["rules"]))
 
 
 PREVIEW = """

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, EmailStr, Field, field_validator
 
 from whatsched import audit
-from whatsched.api.deps import Caller, Resources, caller, enforce_limit, resources, user_conn
+from whatsched.api.deps import Caller, Resources, caller, count_failure, enforce_limit, resources, user_conn
 from whatsched.api.errors import ApiError, responses
 from whatsched.auth import ratelimit
 from whatsched.auth.client_ip import client_ip
@@ -65,13 +65,17 @@ def _refused(exc: AuthFailure) -> ApiError:
 @router.post("/login", response_model=Session, responses=ERRORS)
 async def login(body: LoginBody, request: Request, response: Response, res: Resources = Depends(resources)) -> Session:
     ip = client_ip(request, res.settings.trusted_proxies)
-    # Every attempt counts, right password or not: 5 per 15 minutes per IP.
-    headers = await enforce_limit(res, ratelimit.LOGIN, "login", ip)
+    # Failed attempts count, 5 per 15 minutes per IP; a successful login uses none of the budget,
+    # so an office behind one address can all log in at 9:00. Once it is spent, every attempt waits.
+    headers = await enforce_limit(res, ratelimit.LOGIN, "login", ip, count=False)
     try:
         session = await res.provider.login(body.email, body.password, ip, request.headers.get("user-agent"))
     except AuthFailure as exc:
         await _audit(res, "login_failure", None, request, email=body.email.lower(), reason=exc.code)
-        raise _refused(exc) from None
+        refused = _refused(exc)
+        if exc.code != "auth_unavailable":
+            refused.headers = await count_failure(res, ratelimit.LOGIN, "login", ip)
+        raise refused from None
     await _audit(res, "login_success", session.user.id, request)
     response.headers.update(headers)
     response.headers["Cache-Control"] = "no-store"

@@ -15,9 +15,8 @@ import asyncpg
 from fastapi import APIRouter, Depends, Query, Response
 
 from whatsched.api.common import PageParams, audit_action, page_params
-from whatsched.api.deps import Caller, Resources, caller, enforce_limit, resources, user_conn
-from whatsched.api.errors import ApiError, responses
-from whatsched.auth import ratelimit
+from whatsched.api.deps import Caller, Resources, caller, resources, user_conn
+from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.db.pool import user_tx
 from whatsched.directory import contacts, groups
 from whatsched.directory.models import (
@@ -32,6 +31,7 @@ from whatsched.directory.models import (
     MembersAdded,
 )
 from whatsched.directory.sql import is_admin
+from whatsched.rules import rate_limit_status
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
 
@@ -76,12 +76,11 @@ async def create_group(
     body: GroupCreate, who: Caller = Depends(caller), res: Resources = Depends(resources)
 ) -> Response:
     """A new, empty group. Names are unique per user regardless of case (409 duplicate_group_name).
-    Limited to 5 per minute per user (429 with Retry-After; X-RateLimit-* headers tell how many
-    remain). Attempts count once the body is valid, refused duplicates included."""
-    limit_headers = await enforce_limit(res, ratelimit.GROUP_CREATE, "group_create", who.id)
-    # The transaction opens only after the limit let the request through: a 429 holds no connection.
+    Limited to 5 per minute per user, counted by the database for every caller (429 with
+    Retry-After; X-RateLimit-* headers tell how many remain). Only groups created count."""
     async with user_tx(res.pool, who.claims) as conn:
         text = await groups.insert_group(conn, body.name, body.description or "")
+        limit_headers = rate_limit_headers(await rate_limit_status(conn, "group_create"))
     return _json(text, 201, headers=limit_headers)
 
 

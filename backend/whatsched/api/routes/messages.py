@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
 from fastapi import APIRouter, Body, Depends, Query, Response
 
-from whatsched import content as text_rules
 from whatsched.api.common import PageParams, audit_action, page_params
-from whatsched.api.deps import Caller, Resources, caller, enforce_limit, resources, user_conn
-from whatsched.api.errors import ApiError, responses
-from whatsched.auth import ratelimit
+from whatsched.api.deps import Caller, Resources, caller, resources, user_conn
+from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.bridge_client import BridgeError
+from whatsched.content import render
 from whatsched.db.pool import user_tx
 from whatsched.messages import queries
 from whatsched.messages.models import (
@@ -37,6 +36,7 @@ from whatsched.messages.models import (
     Sort,
     Stats,
 )
+from whatsched.rules import rate_limit_status
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
@@ -52,31 +52,6 @@ def _json(text: str, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _not_found(message_id: str) -> ApiError:
     return ApiError(404, "message_not_found", f"Message {message_id} was not found.")
-
-
-def _clean(raw: str) -> str:
-    try:
-        return text_rules.clean(raw)
-    except text_rules.ContentError as exc:
-        raise ApiError(422, exc.code, exc.message, [{"field": "content", "message": exc.message}]) from None
-
-
-def _check_time(value: datetime | None, field: str = "scheduled_for") -> None:
-    """The guide's rules for a send time; the same ones schedule_message applies (1 minute of grace)."""
-    if value is None:
-        return
-    now = datetime.now(UTC)
-    if value < now - timedelta(minutes=1):
-        raise ApiError(
-            422, "scheduled_in_past", "scheduled_for is in the past.", [{"field": field, "message": "is in the past"}]
-        )
-    if value > now + timedelta(days=365):
-        raise ApiError(
-            422,
-            "scheduled_too_far",
-            "scheduled_for is more than one year ahead.",
-            [{"field": field, "message": "is more than one year ahead"}],
-        )
 
 
 async def _link_groups(conn: asyncpg.Connection, message_id: str, group_ids: list[UUID], replace: bool) -> bool:
@@ -153,11 +128,10 @@ async def list_messages(
 async def create_message(
     body: MessageCreate, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
 ) -> Response:
-    """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found."""
-    text = _clean(body.content)
+    """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found. The
+    database cleans the content and checks the send time (20261129000400_content_rules)."""
     (at,) = await queries.localize(conn, body.scheduled_for)
-    _check_time(at)
-    message_id = await queries.insert_message(conn, text, at, body.recurrence)
+    message_id = await queries.insert_message(conn, body.content, at, body.recurrence)
     await _link_groups(conn, message_id, body.group_ids, replace=False)
     await audit_action(conn, who, "message.create", "message", message_id)
     return _json(await _message_or_404(conn, message_id), 201)
@@ -207,10 +181,9 @@ async def update_message(
     sent = body.model_fields_set
     changes: dict[str, Any] = {}
     if "content" in sent:
-        changes["content"] = _clean(body.content)
+        changes["content"] = body.content
     if "scheduled_for" in sent:
         (at,) = await queries.localize(conn, body.scheduled_for)
-        _check_time(at)
         changes["scheduled_for"] = at
     if "recurrence" in sent:
         changes["recurrence"] = body.recurrence
@@ -261,36 +234,17 @@ async def schedule_message(
     who: Caller = Depends(caller),
     res: Resources = Depends(resources),
 ) -> Response:
-    """draft → scheduled. Runs the spam guard first (422 spam_suspected). When WhatsApp is not
-    connected the message is still scheduled; the answer warns and a notification is created.
-    Limited to 10 per minute per user (429 with Retry-After)."""
-    limit_headers = await enforce_limit(res, ratelimit.SCHEDULE, "schedule", who.id)
+    """draft → scheduled. The database applies the rules: 10 per minute per user (429 with
+    Retry-After), the send time, and the spam guard (422 spam_suspected naming the rules). When
+    WhatsApp is not connected the message is still scheduled; the answer warns and a notification
+    is created."""
     mid = str(message_id)
     # Ask the bridge before opening the transaction: a slow bridge must not hold a database connection.
     connected = await _whatsapp_connected(res)
     async with user_tx(res.pool, who.claims) as conn:
         (at,) = await queries.localize(conn, body.scheduled_for if body else None)
-        facts = await queries.spam_facts(conn, mid, at)
-        if facts is None:
-            raise _not_found(mid)
-        rules = text_rules.spam_rules(
-            facts["content"],
-            text_rules.SpamFacts(
-                duplicate_recent=facts["duplicate_recent"],
-                deliveries_last_24h=facts["deliveries_last_24h"],
-                recipients=facts["recipients"],
-                daily_cap=res.settings.send_daily_cap,
-            ),
-        )
-        if rules:
-            raise ApiError(
-                422,
-                "spam_suspected",
-                f"The message looks like spam ({', '.join(rules)}); change it before scheduling.",
-                [{"field": rule, "message": text_rules.RULE_MESSAGES[rule]} for rule in rules],
-                headers=limit_headers,
-            )
         await conn.execute("select public.schedule_message($1::uuid, $2::timestamptz)", mid, at)
+        limit_headers = rate_limit_headers(await rate_limit_status(conn, "schedule"))
         warnings = [] if connected else ["whatsapp_disconnected"]
         if not connected:
             await queries.notify(
@@ -359,30 +313,21 @@ async def duplicate_message(
 @router.get("/{message_id}/preview", response_model=Preview, responses=MESSAGE_ERRORS)
 async def preview_message(
     message_id: UUID,
-    res: Resources = Depends(resources),
     conn: asyncpg.Connection = Depends(user_conn, scope="function"),
 ) -> Response:
     """Who the message reaches now (de-duplicated by phone), who is left out and why, the text a
     sample of up to 10 recipients will receive, and the spam guard's verdict."""
     mid = str(message_id)
-    facts = await queries.spam_facts(conn, mid, None)
-    if facts is None:
+    verdict = await queries.spam_verdict(conn, mid)
+    if verdict is None:
         raise _not_found(mid)
+    content, rules = verdict
     numbers = await queries.preview_numbers(conn, mid, PREVIEW_SAMPLE)
-    rules = text_rules.spam_rules(
-        facts["content"],
-        text_rules.SpamFacts(
-            duplicate_recent=facts["duplicate_recent"],
-            deliveries_last_24h=facts["deliveries_last_24h"],
-            recipients=facts["recipients"],
-            daily_cap=res.settings.send_daily_cap,
-        ),
-    )
     sample = json.loads(numbers["sample"])
     body = {
         "message_id": mid,
-        "content": facts["content"],
-        "recipients": [{**r, "content": text_rules.render(facts["content"], r["name"])} for r in sample],
+        "content": content,
+        "recipients": [{**r, "content": render(content, r["name"])} for r in sample],
         "recipient_count": numbers["recipient_count"],
         "excluded": {
             "inactive": numbers["inactive"],

@@ -11,10 +11,14 @@
 -- sent, cancelled and failed are final. A direct `update ... set status` (supabase-js) follows
 -- the same graph and rules: the trigger private.guard_message is where they live.
 --
+-- Every user's way into `scheduled` (schedule, resume, a direct update) passes the rate limit
+-- (draft -> scheduled only), the send-time rules and the spam guard of 20261129000400_content_rules.
+--
 -- Refusals raise a distinct SQLSTATE (class WS) with the stable code in HINT:
 --   WS404 message_not_found      WS409 invalid_transition   WS410 not_editable
 --   WS422 scheduled_for_required WS423 scheduled_in_past    WS424 scheduled_too_far
 --   WS425 no_recipients          WS409 message_sending (deleting a message being sent)
+--   WS427 spam_suspected         WS429 rate_limited
 -- =============================================================================
 
 create or replace function private.acting_as_user()
@@ -35,14 +39,17 @@ set search_path = ''
 as $$
 begin
   if p_at is null then
-    raise exception 'scheduled_for is required to schedule a message'
-      using errcode = 'WS422', hint = 'scheduled_for_required';
+    raise exception 'scheduled_for is required to schedule a message.'
+      using errcode = 'WS422', hint = 'scheduled_for_required',
+      detail = '[{"field": "scheduled_for", "message": "is required to schedule a message"}]';
   end if;
   if p_at < now() - interval '1 minute' then
-    raise exception 'scheduled_for is in the past' using errcode = 'WS423', hint = 'scheduled_in_past';
+    raise exception 'scheduled_for is in the past.' using errcode = 'WS423', hint = 'scheduled_in_past',
+      detail = '[{"field": "scheduled_for", "message": "is in the past"}]';
   end if;
   if p_at > now() + interval '1 year' then
-    raise exception 'scheduled_for is more than one year ahead' using errcode = 'WS424', hint = 'scheduled_too_far';
+    raise exception 'scheduled_for is more than one year ahead.' using errcode = 'WS424', hint = 'scheduled_too_far',
+      detail = '[{"field": "scheduled_for", "message": "is more than one year ahead"}]';
   end if;
 end;
 $$;
@@ -58,17 +65,11 @@ declare
   as_user boolean := private.acting_as_user();
   fanned_out boolean;
 begin
+  -- Which columns a user may write at all (not status on insert, never counters, sent_at or
+  -- series links) is decided by the column grants of 20261129000200_row_level_security.
   if tg_op = 'INSERT' then
-    if as_user and (new.status <> 'draft' or new.recipient_count <> 0 or new.delivered_count <> 0
-                    or new.failed_count <> 0 or new.sent_at is not null or new.claimed_by is not null) then
-      raise exception 'a new message starts as a draft with no deliveries'
-        using errcode = 'WS409', hint = 'invalid_transition';
-    end if;
-    if as_user then
-      -- Only the worker links an occurrence to its series: a link to someone else's message would
-      -- take that series' one next-occurrence slot.
-      new.recurrence_parent_id := null;
-      new.lease_expires_at := null;
+    if as_user and new.scheduled_for is not null then
+      perform private.check_send_time(new.scheduled_for);
     end if;
     return new;
   end if;
@@ -110,31 +111,25 @@ begin
   end if;
 
   if old.status = 'draft' and new.status = 'scheduled' then
+    if as_user then
+      perform private.take_rate('schedule');
+    end if;
     perform private.check_send_time(new.scheduled_for);
     if public.message_recipient_count(new.id) = 0 then
       raise exception 'the message''s groups reach no active contact' using errcode = 'WS425', hint = 'no_recipients';
     end if;
-  elsif as_user and new.status in ('scheduled', 'paused') and new.scheduled_for is distinct from old.scheduled_for then
-    -- A user rescheduling a scheduled or paused message follows the same rules.
+  elsif as_user and new.scheduled_for is distinct from old.scheduled_for
+        and (new.scheduled_for is not null or new.status in ('scheduled', 'paused')) then
+    -- A user setting or moving a send time follows the same rules, whatever the status (only a
+    -- draft may be without one).
     perform private.check_send_time(new.scheduled_for);
   end if;
-
-  if as_user then
-    -- Counters, send times, leases and series links belong to the worker.
-    new.recipient_count := old.recipient_count;
-    new.delivered_count := old.delivered_count;
-    new.failed_count := old.failed_count;
-    new.sent_at := old.sent_at;
-    new.recurrence_parent_id := old.recurrence_parent_id;
-    if old.status = 'paused' and new.status in ('scheduled', 'sending') then
-      -- A resumed message is picked up by any worker at once.
-      new.claimed_by := null;
-      new.lease_expires_at := null;
-    else
-      new.claimed_by := old.claimed_by;
-      new.lease_expires_at := old.lease_expires_at;
-    end if;
+  -- The spam guard on every user's way into `scheduled` and on edits of a scheduled message.
+  if as_user and new.status = 'scheduled'
+     and (old.status <> 'scheduled' or (new.content, new.scheduled_for) is distinct from (old.content, old.scheduled_for)) then
+    perform private.refuse_spam(new);
   end if;
+
   return new;
 end;
 $$;
@@ -278,9 +273,7 @@ begin
   end if;
   select exists (select 1 from public.deliveries where message_id = p_message_id) into fanned_out;
   update public.messages
-  set status = case when fanned_out then 'sending' else 'scheduled' end,
-      -- A resumed message is picked up by any worker at once.
-      lease_expires_at = null, claimed_by = null
+  set status = case when fanned_out then 'sending' else 'scheduled' end
   where id = p_message_id
   returning * into m;
   return m;

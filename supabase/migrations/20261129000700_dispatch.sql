@@ -11,25 +11,8 @@
 --   record_whatsapp_status  the last status the bridge reported, to detect transitions
 --   next_wake_at       when the dispatcher has something to do next
 -- Counters stay derived by the delivery triggers; nothing here writes them.
---
--- This replaces the message-level lease of private.claim_messages (20261128000400) with
--- per-delivery leases, so any number of workers share one message, and replaces
--- private.next_due_at, which answered now() for every sending message whose lease was
--- cleared (a resumed message) and so made a sleeping worker spin.
+-- notify_dispatcher wakes a sleeping worker when a message is scheduled or resumed.
 -- =============================================================================
-
--- -----------------------------------------------------------------------------
--- Indexes the operations below read
--- -----------------------------------------------------------------------------
--- Open work of one message (finish checks that none is left).
-create index deliveries_open_idx on public.deliveries (message_id)
-  where state in ('pending', 'sending');
--- The earliest retry or quiet-hours deferral (next_wake_at).
-create index deliveries_pending_due_idx on public.deliveries (next_attempt_at)
-  where state = 'pending';
--- One next occurrence per recurring message, whoever finishes it.
-create unique index messages_one_next_occurrence on public.messages (recurrence_parent_id)
-  where recurrence_parent_id is not null;
 
 -- -----------------------------------------------------------------------------
 -- Pacing state per WhatsApp number (private: only the worker reads or writes it)
@@ -96,7 +79,6 @@ $$;
 -- first sends are one claim away, and nothing is sent before it. One update for the batch, one
 -- insert for all their deliveries.
 -- -----------------------------------------------------------------------------
-drop function if exists private.claim_messages(text, integer, integer);
 
 create or replace function private.claim_messages(p_worker text, p_limit integer, p_ahead_s double precision)
 returns setof uuid
@@ -114,7 +96,7 @@ begin
     for update skip locked
   ), moved as (
     update public.messages m
-    set status = 'sending', claimed_by = p_worker, lease_expires_at = null
+    set status = 'sending'
     from due where m.id = due.id
     returning m.id
   )
@@ -153,6 +135,7 @@ $$;
 -- batch was claimed first), so a pause stops the worker within the batch in flight.
 -- Pacing is off when spacing and both caps are 0.
 -- -----------------------------------------------------------------------------
+
 create or replace function private.claim_deliveries(
   p_worker text,
   p_limit integer,
@@ -256,6 +239,10 @@ begin
         select 1 from public.deliveries d
         where d.message_id = m.id and d.state = 'pending' and d.next_attempt_at <= now()
       )
+      -- Checked here too, in this statement's snapshot: a message fanned out or resumed by
+      -- another connection after the deferral above must not slip through in its owner's night.
+      and (p_quiet_start is null or private.quiet_until(
+        (select p.timezone from public.profiles p where p.id = m.created_by), p_quiet_start, p_quiet_end) is null)
     order by m.scheduled_for nulls first, m.id
     limit allowance
     for key share of m skip locked
@@ -307,7 +294,6 @@ begin
 end;
 $$;
 
--- -----------------------------------------------------------------------------
 -- lock_messages_of: lock the messages of these deliveries in id order before touching the
 -- deliveries. The counter trigger then updates rows this transaction already holds, so two
 -- workers (or lanes) completing batches that span the same messages cannot deadlock: every
@@ -418,8 +404,7 @@ begin
   with done as (
     update public.messages m
     set status = case when m.delivered_count > 0 then 'sent' else 'failed' end,
-        sent_at = case when m.delivered_count > 0 then now() else m.sent_at end,
-        lease_expires_at = null
+        sent_at = case when m.delivered_count > 0 then now() else m.sent_at end
     where m.status = 'sending'
       and (p_message_ids is null or m.id = any(p_message_ids))
       and not exists (
@@ -539,14 +524,25 @@ as $$
   );
 $$;
 
-create or replace function private.next_due_at()
-returns timestamptz
-language sql
-stable
+-- -----------------------------------------------------------------------------
+-- Wake the dispatcher when a message becomes due-able (scheduled or resumed).
+-- -----------------------------------------------------------------------------
+create or replace function private.notify_dispatcher()
+returns trigger
+language plpgsql
+security definer
 set search_path = ''
 as $$
-  select private.next_wake_at(null, 0);
+begin
+  if new.status in ('scheduled', 'sending') and new.status is distinct from old.status then
+    perform pg_notify('whatsched_dispatch', new.id::text);
+  end if;
+  return null;
+end;
 $$;
+
+create trigger messages_notify_dispatcher after update on public.messages
+  for each row execute function private.notify_dispatcher();
 
 -- -----------------------------------------------------------------------------
 -- Only the worker (service_role) runs these.

@@ -29,6 +29,9 @@ alter table public.message_groups enable row level security;
 alter table public.deliveries enable row level security;
 alter table public.notifications enable row level security;
 alter table public.audit_log enable row level security;
+alter table public.message_counts enable row level security;
+alter table public.message_audiences enable row level security;
+alter table public.sync_operations enable row level security;
 
 -- anon gets nothing at all; authenticated gets what the policies allow.
 revoke all on all tables in schema public from anon;
@@ -41,7 +44,17 @@ alter default privileges in schema public revoke truncate, references, trigger o
 -- Columns only the system writes, and tables only the system changes.
 revoke insert, update, delete on public.deliveries from authenticated;
 revoke insert, delete on public.profiles from authenticated;
+revoke update on public.sync_operations from authenticated;  -- a stored result is final
+revoke insert, update, delete on public.message_counts, public.message_audiences from authenticated;
 revoke update, delete on public.audit_log from authenticated;
+-- Messages and groups: users write what the guide lets them edit; the state machine and the
+-- counters own the rest (status changes go through private.guard_message; counters, sent_at and
+-- series links belong to the worker and the triggers). A direct write is refused with 42501.
+revoke insert, update on public.messages, public.groups from authenticated;
+grant insert (id, created_by, content, scheduled_for, recurrence) on public.messages to authenticated;
+grant update (content, scheduled_for, status, recurrence, updated_at) on public.messages to authenticated;
+grant insert (id, created_by, name, description) on public.groups to authenticated;
+grant update (name, description, updated_at) on public.groups to authenticated;
 
 -- -----------------------------------------------------------------------------
 -- profiles
@@ -125,6 +138,17 @@ create trigger messages_keep_owner before update on public.messages
   for each row execute function private.keep_owner();
 
 -- -----------------------------------------------------------------------------
+-- Derived tables: read-only for users
+-- -----------------------------------------------------------------------------
+create policy "message_counts: read own or admin" on public.message_counts
+  for select to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()));
+
+create policy "message_audiences: read own or admin" on public.message_audiences
+  for select to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()));
+
+-- -----------------------------------------------------------------------------
 -- deliveries: read-only for users
 -- -----------------------------------------------------------------------------
 create policy "deliveries: read own or admin" on public.deliveries
@@ -163,13 +187,32 @@ create policy "audit_log: append own" on public.audit_log
   with check (actor_id = (select auth.uid()));
 
 -- -----------------------------------------------------------------------------
--- Realtime: a user may join only their own private topic `user:<uuid>` and the shared
--- `whatsapp` topic (the connection state every user sees); admins any.
+-- sync_operations: users add and forget their results, nobody rewrites them
+-- -----------------------------------------------------------------------------
+create policy "sync_operations: read own or admin" on public.sync_operations
+  for select to authenticated
+  using (user_id = (select auth.uid()) or (select private.is_admin()));
+
+create policy "sync_operations: store own" on public.sync_operations
+  for insert to authenticated
+  with check (user_id = (select auth.uid()));
+
+create policy "sync_operations: forget own" on public.sync_operations
+  for delete to authenticated
+  using (user_id = (select auth.uid()));
+
+-- -----------------------------------------------------------------------------
+-- Realtime: a user may receive broadcasts only on their own private topic `user:<uuid>` and the
+-- shared `whatsapp` topic (the connection state every user sees); admins any. Broadcast only:
+-- Presence on these topics is not offered (as Supabase's docs write such policies).
 -- -----------------------------------------------------------------------------
 create policy "realtime: join own user topic" on realtime.messages
   for select to authenticated
   using (
-    (select realtime.topic()) = 'user:' || (select auth.uid())::text
-    or (select realtime.topic()) = 'whatsapp'
-    or (select private.is_admin())
+    realtime.messages.extension = 'broadcast'
+    and (
+      (select realtime.topic()) = 'user:' || (select auth.uid())::text
+      or (select realtime.topic()) = 'whatsapp'
+      or (select private.is_admin())
+    )
   );

@@ -1,9 +1,22 @@
 -- =============================================================================
--- whatsched core schema: profiles, contacts, groups, messages, deliveries,
--- notifications and the audit log. Every owner column is `created_by` (the
--- guide's name), except notifications, which belong to `user_id`.
+-- whatsched core schema: every public table and all their indexes, in one place.
+--
+--   profiles, contacts, groups, group_contacts, messages, message_groups,
+--   deliveries, notifications, audit_log       the data (owner column: created_by,
+--                                              the guide's name; notifications and
+--                                              sync_operations: user_id)
+--   message_counts, message_audiences          derived, written only by the triggers of
+--                                              20261129000500_derived_counts
+--   sync_operations                            the stored answer of each offline operation
+--
+-- Private state lives with the feature that owns it: private.settings and
+-- private.rate_events with the content rules, private.senders, sender_usage and
+-- whatsapp_state with the dispatcher.
+--
+-- Who may read and write what: 20261129000200_row_level_security. Rules on
+-- content and sending: 20261129000400_content_rules. Status changes:
+-- 20261129000300_message_state_machine.
 -- =============================================================================
-
 create schema if not exists private;
 grant usage on schema private to authenticated, service_role;
 
@@ -148,18 +161,23 @@ create table public.messages (
   -- Recurrence (beyond the guide): a 5-field cron expression in the owner's timezone.
   recurrence text check (recurrence is null or char_length(recurrence) <= 100),
   recurrence_parent_id uuid references public.messages (id) on delete set null,
-  -- Dispatcher lease: which worker holds the message and until when.
-  claimed_by text,
-  lease_expires_at timestamptz,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   constraint messages_id_owner unique (id, created_by)
 );
 
 create index messages_created_by_created_at_idx on public.messages (created_by, created_at desc);
+-- The list's other sorts.
+create index messages_created_by_scheduled_for_idx on public.messages (created_by, scheduled_for);
+create index messages_created_by_updated_at_idx on public.messages (created_by, updated_at desc);
+-- Day-range filters of analytics and exports (all users when an admin reads everything).
+create index messages_created_at_idx on public.messages (created_at);
+-- What the dispatcher starts next.
 create index messages_due_idx on public.messages (scheduled_for) where status = 'scheduled';
-create index messages_sending_lease_idx on public.messages (lease_expires_at) where status = 'sending';
 create index messages_recurrence_parent_id_idx on public.messages (recurrence_parent_id);
+-- One next occurrence per recurring message, whoever finishes it.
+create unique index messages_one_next_occurrence on public.messages (recurrence_parent_id)
+  where recurrence_parent_id is not null;
 create trigger messages_touch before update on public.messages
   for each row execute function private.touch_updated_at();
 
@@ -217,6 +235,16 @@ create index deliveries_sending_lease_idx on public.deliveries (lease_expires_at
 create index deliveries_whatsapp_message_id_idx on public.deliveries (whatsapp_message_id)
   where whatsapp_message_id is not null;
 create index deliveries_sent_at_idx on public.deliveries (sent_at) where sent_at is not null;
+-- The daily cap and the dashboard series.
+create index deliveries_created_by_created_at_idx on public.deliveries (created_by, created_at);
+create index deliveries_created_by_sent_at_idx on public.deliveries (created_by, sent_at) where sent_at is not null;
+create index deliveries_failed_at_idx on public.deliveries (failed_at) where failed_at is not null;
+-- Open work of one message (finish checks that none is left).
+create index deliveries_open_idx on public.deliveries (message_id)
+  where state in ('pending', 'sending');
+-- The earliest retry or quiet-hours deferral (next_wake_at).
+create index deliveries_pending_due_idx on public.deliveries (next_attempt_at)
+  where state = 'pending';
 create trigger deliveries_touch before update on public.deliveries
   for each row execute function private.touch_updated_at();
 
@@ -273,3 +301,90 @@ $$;
 
 create trigger audit_log_append_only before update or delete on public.audit_log
   for each row execute function private.audit_log_is_append_only();
+
+-- -----------------------------------------------------------------------------
+-- message_counts: messages per (owner, status), the list's `total`. Each transaction adds its
+-- changes as its own rows (shard = its transaction id), which nobody else writes, so status
+-- changes never wait on each other; readers sum `n`, private.compact_message_counts folds
+-- committed rows into shard 0.
+-- -----------------------------------------------------------------------------
+create table public.message_counts (
+  created_by uuid not null references auth.users (id) on delete cascade,
+  status text not null,
+  shard bigint not null default 0,
+  n integer not null default 0,
+  primary key (created_by, status, shard)
+);
+
+-- -----------------------------------------------------------------------------
+-- message_audiences: who a message not yet fanned out would reach, right now (the cached
+-- public.message_recipient_count). Recomputed, never patched, by the triggers of
+-- 20261129000500_derived_counts.
+-- -----------------------------------------------------------------------------
+create table public.message_audiences (
+  message_id uuid primary key,
+  created_by uuid not null,
+  recipients integer not null,
+  computed_at timestamptz not null default now(),
+  foreign key (message_id, created_by) references public.messages (id, created_by) on delete cascade
+);
+
+-- The composite foreign key's own index (the cascade and the FK check use it).
+create index message_audiences_message_id_created_by_idx on public.message_audiences (message_id, created_by);
+create index message_audiences_created_by_idx on public.message_audiences (created_by);
+
+-- -----------------------------------------------------------------------------
+-- sync_operations: the stored answer of each offline operation, so a replayed
+-- client_op_id returns it instead of acting twice
+-- -----------------------------------------------------------------------------
+create table public.sync_operations (
+  user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
+  client_op_id text not null check (char_length(client_op_id) between 1 and 100),
+  status integer not null check (status between 100 and 599),
+  body jsonb,
+  created_at timestamptz not null default now(),
+  -- Also the index for the user_id policy (its leading column).
+  constraint sync_operations_pkey primary key (user_id, client_op_id)
+);
+
+-- Pruning old results scans by age.
+create index sync_operations_created_at_idx on public.sync_operations (created_at);
+
+-- =============================================================================
+-- Names in the order people read them, and the indexes the contacts' and groups'
+-- default (by name) sorts use.
+-- =============================================================================
+
+-- -----------------------------------------------------------------------------
+-- private.name_order: the ICU root collation wherever Postgres has ICU (Supabase,
+-- distribution builds), so accents do not scatter names (Ángela sorts next to
+-- Ana, not after Zoe as under C or C.UTF-8). Built without ICU (the embedded
+-- server), it is the database's own collation. The API sorts lower(name) in it,
+-- so case never decides the order either way.
+-- -----------------------------------------------------------------------------
+do $$
+begin
+  if not exists (
+    select 1 from pg_catalog.pg_collation
+    where collname = 'name_order' and collnamespace = 'private'::regnamespace
+  ) then
+    begin
+      create collation private.name_order (provider = icu, locale = 'und');
+    exception when feature_not_supported then
+      execute format(
+        'create collation private.name_order (provider = libc, locale = %L)',
+        (select datcollate from pg_catalog.pg_database where datname = pg_catalog.current_database())
+      );
+    end;
+  end if;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- A page of your contacts or groups by name is an index range scan, however
+-- large the book. The id ends every sort so equal names keep one order across pages.
+-- -----------------------------------------------------------------------------
+create index contacts_created_by_name_order_idx
+  on public.contacts (created_by, (lower(name)) collate private.name_order, id);
+create index groups_created_by_name_order_idx
+  on public.groups (created_by, (lower(name)) collate private.name_order, id);

@@ -1,47 +1,12 @@
 -- =============================================================================
--- Offline sync results (public.sync_operations) and the analytics queries.
+-- Counts and analytics, read as the caller.
 --
 -- Analytics functions are security invoker: they read as the caller, so RLS
 -- decides what they count. p_all widens an admin's view to every user (for
 -- anyone else RLS keeps it to their own rows). Days are calendar days in the
--- caller's profile timezone.
+-- caller's profile timezone. Day ranges are checked here, where every caller
+-- (the API and supabase-js) passes: 22023, which the API answers as 422.
 -- =============================================================================
-
--- -----------------------------------------------------------------------------
--- sync_operations: the stored answer of each offline operation, so a replayed
--- client_op_id returns it instead of acting twice
--- -----------------------------------------------------------------------------
-create table public.sync_operations (
-  user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
-  client_op_id text not null check (char_length(client_op_id) between 1 and 100),
-  status integer not null check (status between 100 and 599),
-  body jsonb,
-  created_at timestamptz not null default now(),
-  -- Also the index for the user_id policy (its leading column).
-  constraint sync_operations_pkey primary key (user_id, client_op_id)
-);
-
--- Pruning old results scans by age.
-create index sync_operations_created_at_idx on public.sync_operations (created_at);
-
-alter table public.sync_operations enable row level security;
-revoke all on public.sync_operations from anon;
--- A stored result is final: users add results, nobody rewrites them.
-revoke update on public.sync_operations from authenticated;
-grant select, insert, delete on public.sync_operations to authenticated;
-grant select, insert, update, delete on public.sync_operations to service_role;
-
-create policy "sync_operations: read own or admin" on public.sync_operations
-  for select to authenticated
-  using (user_id = (select auth.uid()) or (select private.is_admin()));
-
-create policy "sync_operations: store own" on public.sync_operations
-  for insert to authenticated
-  with check (user_id = (select auth.uid()));
-
-create policy "sync_operations: forget own" on public.sync_operations
-  for delete to authenticated
-  using (user_id = (select auth.uid()));
 
 -- -----------------------------------------------------------------------------
 -- Helpers
@@ -60,58 +25,186 @@ $$;
 revoke all on function private.caller_timezone() from public;
 grant execute on function private.caller_timezone() to authenticated, service_role;
 
--- Day-range filters of analytics and exports (all users when an admin reads everything).
-create index messages_created_at_idx on public.messages (created_at);
-create index deliveries_failed_at_idx on public.deliveries (failed_at) where failed_at is not null;
+create or replace function private.check_day_range(p_from date, p_to date, p_max_days integer default 366)
+returns void
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if p_from is null or p_to is null or not isfinite(p_from) or not isfinite(p_to) then
+    raise exception 'a day range needs a finite first and last day' using errcode = '22023';
+  end if;
+  if p_from > p_to then
+    raise exception 'the first day (%) is after the last (%)', p_from, p_to using errcode = '22023';
+  end if;
+  if p_to - p_from + 1 > p_max_days then
+    raise exception 'a day range covers at most % days', p_max_days using errcode = '22023';
+  end if;
+end;
+$$;
 
--- -----------------------------------------------------------------------------
--- Per-day series: messages created, deliveries WhatsApp accepted, deliveries failed
--- -----------------------------------------------------------------------------
+revoke all on function private.check_day_range(date, date, integer) from public;
+grant execute on function private.check_day_range(date, date, integer) to authenticated, service_role;
+
+-- The same series as before, after the check.
 create or replace function public.analytics_daily(p_from date, p_to date, p_all boolean default false)
 returns table (day date, messages_created integer, sent integer, failed integer)
+language plpgsql
+stable
+set search_path = ''
+as $$
+#variable_conflict use_column
+begin
+  perform private.check_day_range(p_from, p_to);
+  return query
+    with me as (
+      select (select auth.uid()) as uid, private.caller_timezone() as tz
+    ),
+    bounds as (
+      select me.uid, me.tz,
+        (p_from::timestamp at time zone me.tz) as lo,
+        ((p_to + 1)::timestamp at time zone me.tz) as hi
+      from me
+    ),
+    days as (
+      select d::date as day from generate_series(p_from::timestamp, p_to::timestamp, interval '1 day') d
+    ),
+    created as (
+      select (m.created_at at time zone b.tz)::date as day, count(*)::integer as n
+      from public.messages m, bounds b
+      where (p_all or m.created_by = b.uid) and m.created_at >= b.lo and m.created_at < b.hi
+      group by 1
+    ),
+    accepted as (
+      select (d.sent_at at time zone b.tz)::date as day, count(*)::integer as n
+      from public.deliveries d, bounds b
+      where (p_all or d.created_by = b.uid) and d.state in ('sent', 'delivered', 'read')
+        and d.sent_at >= b.lo and d.sent_at < b.hi
+      group by 1
+    ),
+    refused as (
+      select (d.failed_at at time zone b.tz)::date as day, count(*)::integer as n
+      from public.deliveries d, bounds b
+      where (p_all or d.created_by = b.uid) and d.state = 'failed'
+        and d.failed_at >= b.lo and d.failed_at < b.hi
+      group by 1
+    )
+    select days.day, coalesce(created.n, 0), coalesce(accepted.n, 0), coalesce(refused.n, 0)
+    from days
+    left join created using (day)
+    left join accepted using (day)
+    left join refused using (day)
+    order by days.day;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
+-- Dashboard counts, as the caller sees them (RLS); p_all widens an admin's view to everyone.
+-- -----------------------------------------------------------------------------
+create or replace function public.dashboard_counts(p_all boolean default false)
+returns jsonb
 language sql
 stable
 set search_path = ''
 as $$
-  with me as (
-    select (select auth.uid()) as uid, private.caller_timezone() as tz
+  with me as (select (select auth.uid()) as uid),
+  msg as (
+    select status, count(*)::integer as n from public.messages, me
+    where p_all or created_by = me.uid group by status
   ),
-  bounds as (
-    select me.uid, me.tz,
-      (p_from::timestamp at time zone me.tz) as lo,
-      ((p_to + 1)::timestamp at time zone me.tz) as hi
-    from me
-  ),
-  days as (
-    select d::date as day from generate_series(p_from::timestamp, p_to::timestamp, interval '1 day') d
-  ),
-  created as (
-    select (m.created_at at time zone b.tz)::date as day, count(*)::integer as n
-    from public.messages m, bounds b
-    where (p_all or m.created_by = b.uid) and m.created_at >= b.lo and m.created_at < b.hi
-    group by 1
-  ),
-  accepted as (
-    select (d.sent_at at time zone b.tz)::date as day, count(*)::integer as n
-    from public.deliveries d, bounds b
-    where (p_all or d.created_by = b.uid) and d.state in ('sent', 'delivered', 'read')
-      and d.sent_at >= b.lo and d.sent_at < b.hi
-    group by 1
-  ),
-  refused as (
-    select (d.failed_at at time zone b.tz)::date as day, count(*)::integer as n
-    from public.deliveries d, bounds b
-    where (p_all or d.created_by = b.uid) and d.state = 'failed'
-      and d.failed_at >= b.lo and d.failed_at < b.hi
-    group by 1
+  dlv as (
+    select
+      count(*) filter (where state in ('sent', 'delivered', 'read'))::integer as ok,
+      count(*) filter (where state = 'failed')::integer as failed,
+      count(*) filter (where state in ('pending', 'sending'))::integer as pending,
+      count(*) filter (where state in ('delivered', 'read'))::integer as delivered,
+      count(*) filter (where state = 'read')::integer as read
+    from public.deliveries, me where p_all or created_by = me.uid
   )
-  select days.day, coalesce(created.n, 0), coalesce(accepted.n, 0), coalesce(refused.n, 0)
-  from days
-  left join created using (day)
-  left join accepted using (day)
-  left join refused using (day)
-  order by days.day;
+  select jsonb_build_object(
+    'messages', jsonb_build_object(
+      'total', coalesce((select sum(n) from msg), 0),
+      'draft', coalesce((select n from msg where status = 'draft'), 0),
+      'scheduled', coalesce((select n from msg where status = 'scheduled'), 0),
+      'sending', coalesce((select n from msg where status = 'sending'), 0),
+      'sent', coalesce((select n from msg where status = 'sent'), 0),
+      'paused', coalesce((select n from msg where status = 'paused'), 0),
+      'cancelled', coalesce((select n from msg where status = 'cancelled'), 0),
+      'failed', coalesce((select n from msg where status = 'failed'), 0)
+    ),
+    'contacts', (select count(*) from public.contacts, me where p_all or created_by = me.uid),
+    'active_contacts', (select count(*) from public.contacts, me
+                        where (p_all or created_by = me.uid) and is_active and opted_out_at is null),
+    'groups', (select count(*) from public.groups, me where p_all or created_by = me.uid),
+    'deliveries', (select to_jsonb(dlv) from dlv),
+    'success_rate', (select case when ok + failed = 0 then null
+                            else round(ok::numeric / (ok + failed), 4) end from dlv)
+  );
 $$;
+
+grant execute on function public.dashboard_counts(boolean) to authenticated, service_role;
+revoke execute on function public.dashboard_counts(boolean) from anon, public;
+
+-- -----------------------------------------------------------------------------
+-- Delivery statistics of one message, as the caller sees it (RLS): null when invisible.
+-- -----------------------------------------------------------------------------
+create or replace function public.message_stats(p_message_id uuid)
+returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  with msg as (select id from public.messages where id = p_message_id),
+  d as (select * from public.deliveries where message_id = (select id from msg)),
+  counts as (
+    select
+      count(*) filter (where state = 'pending')::integer as pending,
+      count(*) filter (where state = 'sending')::integer as sending,
+      count(*) filter (where state = 'sent')::integer as sent,
+      count(*) filter (where state = 'delivered')::integer as delivered,
+      count(*) filter (where state = 'read')::integer as read,
+      count(*) filter (where state = 'failed')::integer as failed,
+      count(*) filter (where state = 'cancelled')::integer as cancelled,
+      count(*) filter (where state = 'skipped')::integer as skipped,
+      count(*)::integer as total,
+      min(sent_at) as first_sent_at,
+      max(sent_at) as last_sent_at
+    from d
+  ),
+  timeline as (
+    select minute, count(*) filter (where kind = 'sent')::integer as sent,
+           count(*) filter (where kind = 'failed')::integer as failed
+    from (
+      select date_trunc('minute', sent_at) as minute, 'sent' as kind from d where sent_at is not null
+      union all
+      select date_trunc('minute', failed_at), 'failed' from d where failed_at is not null and state = 'failed'
+    ) events
+    group by minute
+  )
+  select jsonb_build_object(
+    'message_id', (select id from msg),
+    'total', c.total,
+    'states', jsonb_build_object(
+      'pending', c.pending, 'sending', c.sending, 'sent', c.sent, 'delivered', c.delivered,
+      'read', c.read, 'failed', c.failed, 'cancelled', c.cancelled, 'skipped', c.skipped
+    ),
+    'success_rate', case when c.sent + c.delivered + c.read + c.failed = 0 then null
+                         else round((c.sent + c.delivered + c.read)::numeric
+                                    / (c.sent + c.delivered + c.read + c.failed), 4) end,
+    'first_sent_at', private.utc_iso(c.first_sent_at),
+    'last_sent_at', private.utc_iso(c.last_sent_at),
+    'timeline', coalesce((
+      select jsonb_agg(jsonb_build_object('minute', private.utc_iso(t.minute), 'sent', t.sent, 'failed', t.failed)
+                       order by t.minute)
+      from timeline t), '[]'::jsonb)
+  )
+  from counts c
+  where exists (select 1 from msg);
+$$;
+
+grant execute on function public.message_stats(uuid) to authenticated, service_role;
+revoke execute on function public.message_stats(uuid) from anon, public;
 
 -- -----------------------------------------------------------------------------
 -- Dashboard: public.dashboard_counts plus the last p_days days

@@ -1,0 +1,34 @@
+"""The guide's rules live in Postgres (supabase/migrations/20261129000400_content_rules.sql); this
+module is Python's side of them: writing the numbers they use, and reading a limit's state.
+
+- `publish_settings`: the environment's values into private.settings, so the API, the worker and
+  a supabase-js caller apply the same daily cap and limits. Run by `whatsched migrate`, `dev`,
+  and at the start of every API process (give every process the same environment).
+- `rate_limit_status`: what is left of the caller's per-minute limit (the X-RateLimit-* headers).
+"""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from whatsched.config import Settings
+
+
+async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Write the rules' numbers; `conn` is an admin connection or one acting as service_role."""
+    await conn.execute(
+        "update private.settings set send_daily_cap = $1, schedule_per_minute = $2,"
+        " group_create_per_minute = $3, updated_at = now() where id",
+        settings.send_daily_cap,
+        settings.schedule_per_minute,
+        settings.group_create_per_minute,
+    )
+
+
+async def rate_limit_status(conn: asyncpg.Connection, action: str) -> dict[str, int]:
+    """{limit, remaining, reset, retry_after} of the caller's limit on `action` ('schedule' or
+    'group_create'), as public.rate_limit_status counts it."""
+    status: dict[str, int] = json.loads(await conn.fetchval("select public.rate_limit_status($1)::text", action))
+    return status
