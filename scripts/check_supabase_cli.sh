@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Proves the supabase CLI and our runner agree: the pinned CLI pushes supabase/migrations into a
-# fresh bootstrapped database, then `whatsched migrate` finds nothing pending.
+# fresh bootstrapped database, then `whatsched migrate` finds nothing pending. Then Supabase's own
+# linter (`supabase db lint`, plpgsql_check over every PL/pgSQL body) must report no warning, so a
+# broken function body fails here before any test reaches it. The lint needs the server's
+# plpgsql_check extension (Debian: postgresql-15-plpgsql-check); without it the lint is skipped,
+# loudly, unless LINT_REQUIRED=1.
 # Usage: scripts/check_supabase_cli.sh [admin-url]   (default: the local PostgreSQL on 5432)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +37,13 @@ if echo "$status" | grep -q pending; then
   exit 1
 fi
 echo "supabase CLI compatibility: OK ($(echo "$status" | wc -l) migrations)"
+
+if psql "$url" -qc "create extension if not exists plpgsql_check" 2>/dev/null; then
+  "$supabase" db lint --db-url "$url?sslmode=disable" --schema public,private --level warning --fail-on warning
+  echo "supabase db lint: OK (no warning in public, private)"
+elif [ "${LINT_REQUIRED:-0}" = 1 ]; then
+  echo "FAIL: plpgsql_check is not installed on this server; cannot run supabase db lint" >&2
+  exit 1
+else
+  echo "SKIPPED supabase db lint: plpgsql_check is not installed on this server" >&2
+fi

@@ -181,10 +181,10 @@ async def status_of(admin: asyncpg.Connection, message_id: str) -> str:
 # -----------------------------------------------------------------------------------------------
 
 
-async def claim(conn: asyncpg.Connection, worker: str, limit: int = 10, ahead_s: float = 60) -> list[str]:
-    """private.claim_messages(worker, limit, ahead_s) as the caller of `conn`: the ids it started
+async def claim(conn: asyncpg.Connection, limit: int = 10, ahead_s: float = 60) -> list[str]:
+    """private.claim_messages(limit, ahead_s) as the caller of `conn`: the ids it started
     (scheduled messages due within ahead_s seconds, now `sending` with their deliveries)."""
-    rows = await conn.fetch("select c::text as id from private.claim_messages($1, $2, $3) c", worker, limit, ahead_s)
+    rows = await conn.fetch("select c::text as id from private.claim_messages($1, $2) c", limit, ahead_s)
     return [r["id"] for r in rows]
 
 

@@ -694,7 +694,7 @@ async def fan_out(admin: asyncpg.Connection, message_id: str) -> None:
     await admin.execute("update messages set scheduled_for = '2000-01-01' where id = $1", message_id)
     async with admin.transaction():
         await admin.execute("set local role service_role")
-        claimed = await admin.fetch("select c::text as id from private.claim_messages('pytest', 1, 60) c")
+        claimed = await admin.fetch("select c::text as id from private.claim_messages(1, 60) c")
     assert [r["id"] for r in claimed] == [message_id]
 
 

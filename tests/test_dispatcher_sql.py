@@ -51,7 +51,7 @@ async def started(db: asyncpg.Connection, recipients: int, series: int, owner: u
     owner = owner or await new_owner(db)
     message = await new_message(db, owner, numbers(recipients, series))
     await db.execute("select public.schedule_message($1, now())", message)
-    rows = await as_service(db, "select * from private.claim_messages('w1', 100, 0)")
+    rows = await as_service(db, "select * from private.claim_messages(100, 0)")
     assert message in {r[0] for r in rows}
     return message
 
@@ -73,16 +73,16 @@ async def test_claim_messages_fans_out_once_and_only_when_due(db: asyncpg.Connec
     await db.execute("select public.schedule_message($1, now() + interval '1 hour')", later)
     await db.execute("select public.schedule_message($1, now() + interval '4 seconds')", soon)
 
-    assert await as_service(db, "select * from private.claim_messages('w1', 10, 0)") == []
+    assert await as_service(db, "select * from private.claim_messages(10, 0)") == []
     # Within the start-ahead window: started, deliveries due at scheduled_for, not before.
-    [row] = await as_service(db, "select * from private.claim_messages('w1', 10, 5)")
+    [row] = await as_service(db, "select * from private.claim_messages(10, 5)")
     assert row[0] == soon
     m = await db.fetchrow("select status, recipient_count, scheduled_for from public.messages where id = $1", soon)
     assert (m["status"], m["recipient_count"]) == ("sending", 3)
     due = await db.fetch("select distinct next_attempt_at from public.deliveries where message_id = $1", soon)
     assert [d["next_attempt_at"] for d in due] == [m["scheduled_for"]]
     assert await claim(db, "w1", 10) == []  # not due yet
-    assert await as_service(db, "select * from private.claim_messages('w1', 10, 5)") == []  # once
+    assert await as_service(db, "select * from private.claim_messages(10, 5)") == []  # once
 
 
 async def test_claims_share_the_batch_across_messages_and_skip_paused_ones(db: asyncpg.Connection) -> None:

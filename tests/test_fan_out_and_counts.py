@@ -89,9 +89,9 @@ async def schedule_then_make_due(pool: asyncpg.Pool, admin: asyncpg.Connection, 
     )
 
 
-async def claim_as_service(pool: asyncpg.Pool, worker: str, limit: int = 10) -> list[str]:
+async def claim_as_service(pool: asyncpg.Pool, limit: int = 10) -> list[str]:
     async with session(pool, SERVICE, commit=True) as conn:
-        return await claim(conn, worker, limit, 60)
+        return await claim(conn, limit, 60)
 
 
 async def counters(admin: asyncpg.Connection, mid: str) -> dict[str, int]:
@@ -126,7 +126,7 @@ async def test_claim_starts_a_due_message_with_one_delivery_per_reachable_phone(
         assert await conn.fetchval("select public.message_recipient_count($1::uuid)", aud.message) == 6
     await schedule_then_make_due(app_pool, owner_conn, someone, aud.message)
 
-    assert aud.message in await claim_as_service(app_pool, "worker-1")
+    assert aud.message in await claim_as_service(app_pool)
 
     assert await status_of(owner_conn, aud.message) == "sending"
     rows = await owner_conn.fetch(
@@ -138,7 +138,7 @@ async def test_claim_starts_a_due_message_with_one_delivery_per_reachable_phone(
     assert {r["state"] for r in rows} == {"pending"} and {r["owner"] for r in rows} == {someone.id}
     assert await counters(owner_conn, aud.message) == {"recipient_count": 6, "delivered_count": 0, "failed_count": 0}
     # A second claim does not start it again.
-    assert aud.message not in await claim_as_service(app_pool, "worker-2")
+    assert aud.message not in await claim_as_service(app_pool)
     assert (
         await owner_conn.fetchval("select count(*) from public.deliveries where message_id = $1::uuid", aud.message)
         == 6
@@ -151,14 +151,14 @@ async def test_a_message_not_due_yet_is_not_claimed(
     aud = await audience(owner_conn, someone)
     async with session(app_pool, someone, commit=True) as conn:
         await conn.execute("select public.schedule_message($1::uuid, now() + interval '1 day')", aud.message)
-    assert aud.message not in await claim_as_service(app_pool, "worker-1")
+    assert aud.message not in await claim_as_service(app_pool)
     assert await status_of(owner_conn, aud.message) == "scheduled"
 
 
 async def test_users_cannot_claim(app_pool: asyncpg.Pool, someone: Person) -> None:
     async with session(app_pool, someone) as conn:
         with pytest.raises(asyncpg.PostgresError) as info:
-            await claim(conn, "intruder")
+            await claim(conn)
     assert info.value.sqlstate == "42501"
 
 
@@ -172,7 +172,7 @@ async def test_delivery_updates_move_the_counters_exactly(
 ) -> None:
     aud = await audience(owner_conn, someone)
     await schedule_then_make_due(app_pool, owner_conn, someone, aud.message)
-    await claim_as_service(app_pool, "worker-1")
+    await claim_as_service(app_pool)
     ids = [
         r["id"]
         for r in await owner_conn.fetch(
@@ -215,7 +215,7 @@ async def test_cancel_marks_pending_deliveries_cancelled(
 ) -> None:
     aud = await audience(owner_conn, someone)
     await schedule_then_make_due(app_pool, owner_conn, someone, aud.message)
-    await claim_as_service(app_pool, "worker-1")
+    await claim_as_service(app_pool)
     ids = [
         r["id"]
         for r in await owner_conn.fetch(
@@ -395,12 +395,12 @@ async def test_a_claim_skips_messages_another_claim_holds(
         tx = holder.transaction()
         await tx.start()
         await become(holder, SERVICE)
-        held = set(await claim(holder, "worker-1", 3, 60))
+        held = set(await claim(holder, 3, 60))
         assert held == set(held_ones)
         # While worker-1's transaction is open, worker-2 neither waits for nor repeats its messages.
         async with session(app_pool, SERVICE, commit=True) as conn:
             await conn.execute("set local lock_timeout = '2s'")
-            second = set(await claim(conn, "worker-2", 10, 60))
+            second = set(await claim(conn, 10, 60))
         await tx.commit()
     finally:
         await holder.close()
@@ -423,11 +423,11 @@ async def test_claims_of_one_owners_messages_do_not_wait_for_each_other(
         tx = holder.transaction()
         await tx.start()
         await become(holder, SERVICE)
-        held = set(await claim(holder, "worker-1", 2, 60))
+        held = set(await claim(holder, 2, 60))
         try:
             async with session(app_pool, SERVICE, commit=True) as conn:
                 await conn.execute("set local lock_timeout = '300ms'")
-                second = set(await claim(conn, "worker-2", 10, 60))
+                second = set(await claim(conn, 10, 60))
         finally:
             await tx.commit()
     finally:
@@ -457,7 +457,7 @@ async def test_message_counts_stay_exact_through_changes_and_compaction(
     async with session(app_pool, someone, commit=True) as conn:
         await conn.execute("select public.cancel_message($1::uuid)", drafts[0])
         await conn.execute("delete from public.messages where id = $1::uuid", drafts[1])
-    await claim_as_service(app_pool, "worker-1", 2)
+    await claim_as_service(app_pool, 2)
     kept, real = await counts_by_status(owner_conn, someone)
     assert kept == real and sum(real.values()) == 7, (kept, real)
     # Each transaction wrote its own rows; the compaction folds them, one row per status.
@@ -486,20 +486,20 @@ async def test_concurrent_claims_never_return_the_same_message(
             mine = set(await due_messages(app_pool, owner_conn, someone, 8))
         conns = [await asyncpg.connect(prepared.app_url) for _ in range(3)]
 
-        async def run(conn: asyncpg.Connection, worker: str) -> list[str]:
+        async def run(conn: asyncpg.Connection) -> list[str]:
             async with conn.transaction():
                 await become(conn, SERVICE)
-                return await claim(conn, worker, 3, 60)
+                return await claim(conn, 3, 60)
 
         try:
-            results = await asyncio.gather(*(run(c, f"worker-{i}") for i, c in enumerate(conns)))
+            results = await asyncio.gather(*(run(c) for c in conns))
         finally:
             for c in conns:
                 await c.close()
         claimed = [m for r in results for m in r]
         assert len(claimed) == len(set(claimed))
         # Whatever was left is claimed by the next call, still once.
-        rest = await claim_as_service(app_pool, "worker-9", 20)
+        rest = await claim_as_service(app_pool, 20)
         assert not set(rest) & set(claimed)
         assert mine <= set(claimed) | set(rest)
         assert await owner_conn.fetchval(
@@ -512,7 +512,7 @@ async def test_an_expired_lease_is_reclaimable(
 ) -> None:
     """Leases are on deliveries: a live one keeps other workers out, an expired one does not."""
     (mid,) = await due_messages(app_pool, owner_conn, someone, 1)
-    assert mid in await claim_as_service(app_pool, "worker-1")
+    assert mid in await claim_as_service(app_pool)
     first = await claim_deliveries(app_pool, "worker-1")
     mine = [d for d in first if d["message_id"] == mid]
     assert len(mine) == 2
@@ -582,7 +582,7 @@ async def test_each_change_is_one_event_on_the_owners_topic(
     mid = aud.message
     try:
         await schedule_then_make_due(app_pool, owner_conn, someone, mid)  # scheduled; the time move is silent
-        assert mid in await claim_as_service(app_pool, "worker-1")  # sending + first progress
+        assert mid in await claim_as_service(app_pool)  # sending + first progress
         ids = [
             r["id"]
             for r in await owner_conn.fetch(

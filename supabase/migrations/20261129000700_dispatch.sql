@@ -80,7 +80,7 @@ $$;
 -- insert for all their deliveries.
 -- -----------------------------------------------------------------------------
 
-create or replace function private.claim_messages(p_worker text, p_limit integer, p_ahead_s double precision)
+create or replace function private.claim_messages(p_limit integer, p_ahead_s double precision)
 returns setof uuid
 language plpgsql
 set search_path = ''
@@ -550,7 +550,7 @@ create trigger messages_notify_dispatcher after update on public.messages
 revoke all on function
   private.quiet_until(text, time, time),
   private.lock_messages_of(uuid[]),
-  private.claim_messages(text, integer, double precision),
+  private.claim_messages(integer, double precision),
   private.claim_deliveries(text, integer, double precision, text, double precision, double precision,
                            integer, integer, integer, time, time),
   private.complete_deliveries(uuid[], text[]),
@@ -563,7 +563,7 @@ revoke all on function
 grant execute on function
   private.quiet_until(text, time, time),
   private.lock_messages_of(uuid[]),
-  private.claim_messages(text, integer, double precision),
+  private.claim_messages(integer, double precision),
   private.claim_deliveries(text, integer, double precision, text, double precision, double precision,
                            integer, integer, integer, time, time),
   private.complete_deliveries(uuid[], text[]),

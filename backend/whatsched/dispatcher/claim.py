@@ -10,7 +10,7 @@ import asyncpg
 
 from whatsched.dispatcher.pacing import Pacing
 
-START = "select count(*)::integer from private.claim_messages($1, $2, $3)"
+START = "select count(*)::integer from private.claim_messages($1, $2)"
 CLAIM = "select * from private.claim_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 NEXT_WAKE = "select extract(epoch from private.next_wake_at($1, $2) - clock_timestamp())::float8"
 
@@ -28,10 +28,10 @@ class Claimed:
     attempts: int
 
 
-async def start_due(conn: asyncpg.Connection, worker_id: str, limit: int, ahead_s: float) -> int:
+async def start_due(conn: asyncpg.Connection, limit: int, ahead_s: float) -> int:
     """Start up to `limit` messages due within `ahead_s` (status `sending`, deliveries created,
     each due at its message's scheduled_for); returns how many started."""
-    started: int = await conn.fetchval(START, worker_id, limit, ahead_s)
+    started: int = await conn.fetchval(START, limit, ahead_s)
     return started
 
 

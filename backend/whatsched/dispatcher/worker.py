@@ -193,7 +193,7 @@ class Worker:
         limit = self.pacing.batch_limit(self.dispatch.batch_size)
         claimed = 0
         while not self._stop.is_set():
-            started = await claim.start_due(conn, self.id, self.dispatch.start_limit, self.dispatch.start_ahead_s)
+            started = await claim.start_due(conn, self.dispatch.start_limit, self.dispatch.start_ahead_s)
             batch = await claim.claim(conn, self.id, self.pacing, self.sender, limit, self.dispatch.lease_s)
             if not batch:
                 if started:
