@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     send_daily_cap: int = Field(default=1000, ge=0)
     quiet_hours: str = "21:00-08:00"
 
+    # Statement timeout of each user transaction (e.g. "8s"); empty: the `authenticated` role's
+    # own setting, as PostgREST applies it (Supabase: 8 s).
+    user_statement_timeout: str | None = None
+
     # The guide's per-user limits (per minute), enforced by Postgres on every path.
     schedule_per_minute: int = Field(default=10, ge=1)
     group_create_per_minute: int = Field(default=5, ge=1)
@@ -61,7 +65,15 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     import_max_rows: int = Field(default=200_000, ge=1)
 
-    @field_validator("database_url", "app_database_url", "redis_url", "supabase_url", "jwt_secret", mode="before")
+    @field_validator(
+        "database_url",
+        "app_database_url",
+        "redis_url",
+        "supabase_url",
+        "jwt_secret",
+        "user_statement_timeout",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -59,7 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = await resolve_app_url(settings)
-        pool = await db_pool.create_pool(url, min_size=2, max_size=10)
+        pool = await db_pool.create_pool(
+            url, min_size=2, max_size=10, user_statement_timeout=settings.user_statement_timeout
+        )
         async with db_pool.service_tx(pool) as conn:
             await publish_settings(conn, settings)
         bridge = BridgeClient(settings.effective_bridge_url, settings.bridge_token, timeout_s=10)

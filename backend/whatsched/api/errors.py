@@ -152,6 +152,12 @@ def database_error(exc: asyncpg.PostgresError) -> JSONResponse | None:
         return error_response(422, "validation_error", message)
     if state == "42501":  # insufficient_privilege / RLS
         return error_response(403, "forbidden", "You are not allowed to do this.")
+    if state == "57014":  # query_canceled: the statement ran past the role's statement_timeout
+        return error_response(
+            503,
+            "statement_timeout",
+            "The request took longer than the database allows; try again, or narrow it (fewer days, a smaller page).",
+        )
     if state.startswith("08") or state in ("57P01", "57P02", "57P03", "53300"):
         return error_response(503, "database_unavailable", "The database is unreachable; try again shortly.")
     return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -34,9 +34,29 @@ def app_url(settings: Settings, supabase: bool) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for name in ("json", "jsonb"):
-        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+# The statement timeout a user transaction runs under, kept on each connection (a custom setting)
+# so user_tx applies it in the same round trip as the role and claims.
+USER_TIMEOUT_SETTING = "whatsched.user_statement_timeout"
+# As PostgREST does for the role it impersonates: the role's own `statement_timeout` setting
+# (Supabase gives `authenticated` 8 s; the bootstrap mirrors it), unless configured otherwise.
+ROLE_TIMEOUT = """
+select coalesce(
+  (select split_part(c, '=', 2) from pg_catalog.pg_db_role_setting s, unnest(s.setconfig) as c
+   where s.setrole = 'authenticated'::regrole and s.setdatabase in (0, (select oid from pg_catalog.pg_database
+                                                                          where datname = current_database()))
+     and c like 'statement_timeout=%'
+   order by s.setdatabase desc limit 1),
+  '0')"""
+
+
+def _initializer(user_statement_timeout: str | None) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    async def init(conn: asyncpg.Connection) -> None:
+        for name in ("json", "jsonb"):
+            await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        timeout = user_statement_timeout or await conn.fetchval(ROLE_TIMEOUT)
+        await conn.execute(f"select set_config('{USER_TIMEOUT_SETTING}', $1, false)", timeout)
+
+    return init
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
@@ -46,9 +66,18 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("rollback")
 
 
-async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    url: str, min_size: int = 1, max_size: int = 10, user_statement_timeout: str | None = None
+) -> asyncpg.Pool:
+    """`user_statement_timeout` (a Postgres interval such as '8s'; '0' for none) bounds every
+    user_tx; by default it is the `authenticated` role's own setting, as on Supabase."""
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_reset, command_timeout=60
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_initializer(user_statement_timeout),
+        reset=_reset,
+        command_timeout=60,
     )
     assert pool is not None
     return pool
@@ -61,7 +90,8 @@ def sql_literal(text: str) -> str:
 
 @asynccontextmanager
 async def user_tx(pool: asyncpg.Pool, claims: Mapping[str, Any]) -> AsyncIterator[asyncpg.Connection]:
-    """One transaction as PostgREST runs it: role `authenticated` and the verified JWT claims.
+    """One transaction as PostgREST runs it: role `authenticated`, the verified JWT claims and
+    the role's statement timeout (57014 when a statement runs longer; the API answers 503).
 
     BEGIN and both settings travel in one round trip (a simple-protocol batch), so inside it use
     plain SQL `savepoint` rather than asyncpg's `conn.transaction()`. Committed when the block
@@ -70,7 +100,8 @@ async def user_tx(pool: asyncpg.Pool, claims: Mapping[str, Any]) -> AsyncIterato
     async with pool.acquire() as conn:
         await conn.execute(
             "begin; select set_config('role', 'authenticated', true),"
-            f" set_config('request.jwt.claims', {literal}, true)"
+            f" set_config('request.jwt.claims', {literal}, true),"
+            f" set_config('statement_timeout', current_setting('{USER_TIMEOUT_SETTING}'), true)"
         )
         try:
             yield conn
