@@ -99,6 +99,8 @@ create table public.contacts (
   email text check (email is null or (char_length(email) <= 320 and email ~ '^[^@\s]+@[^@\s]+\.[^@\s]+$')),
   is_active boolean not null default true,
   opted_out_at timestamptz,
+  -- Whether the contact may be messaged: the one definition every recipient query uses.
+  can_receive boolean not null generated always as (is_active and opted_out_at is null) stored,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   constraint contacts_phone_per_owner unique (created_by, phone),

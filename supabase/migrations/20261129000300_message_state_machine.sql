@@ -199,7 +199,7 @@ as $$
   from public.message_groups mg
   join public.group_contacts gc on gc.group_id = mg.group_id
   join public.contacts c on c.id = gc.contact_id
-  where mg.message_id = p_message_id and c.is_active and c.opted_out_at is null;
+  where mg.message_id = p_message_id and c.can_receive;
 $$;
 
 -- -----------------------------------------------------------------------------

@@ -309,7 +309,7 @@ begin
     join old_rows o on o.id = n.id
     join public.group_contacts gc on gc.contact_id = n.id
     join public.message_groups mg on mg.group_id = gc.group_id
-    where (n.is_active, n.opted_out_at is null, n.phone) is distinct from (o.is_active, o.opted_out_at is null, o.phone)
+    where (n.can_receive, n.phone) is distinct from (o.can_receive, o.phone)
   ));
   return null;
 end;

@@ -111,7 +111,7 @@ begin
     join public.message_groups mg on mg.message_id = m.id
     join public.group_contacts gc on gc.group_id = mg.group_id
     join public.contacts c on c.id = gc.contact_id
-    where m.id = any(started) and c.is_active and c.opted_out_at is null
+    where m.id = any(started) and c.can_receive
     order by m.id, c.phone, c.created_at
     on conflict (message_id, phone) do nothing;
   end if;

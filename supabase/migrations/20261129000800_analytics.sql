@@ -135,7 +135,7 @@ as $$
     ),
     'contacts', (select count(*) from public.contacts, me where p_all or created_by = me.uid),
     'active_contacts', (select count(*) from public.contacts, me
-                        where (p_all or created_by = me.uid) and is_active and opted_out_at is null),
+                        where (p_all or created_by = me.uid) and can_receive),
     'groups', (select count(*) from public.groups, me where p_all or created_by = me.uid),
     'deliveries', (select to_jsonb(dlv) from dlv),
     'success_rate', (select case when ok + failed = 0 then null
@@ -332,7 +332,7 @@ as $$
       page.*,
       (select count(*)::integer
          from public.group_contacts gc join public.contacts c on c.id = gc.contact_id
-        where gc.group_id = page.id and c.is_active and c.opted_out_at is null) as active_contacts,
+        where gc.group_id = page.id and c.can_receive) as active_contacts,
       msgs.total as messages, msgs.sent as messages_sent,
       dl.total as deliveries, dl.ok as deliveries_ok, dl.failed as deliveries_failed
     from page

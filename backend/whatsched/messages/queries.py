@@ -259,13 +259,13 @@ async def spam_verdict(conn: asyncpg.Connection, message_id: str) -> tuple[str, 
 
 PREVIEW = """
 with members as (
-  select c.id, c.name, c.phone, c.is_active, c.opted_out_at, c.created_at
+  select c.id, c.name, c.phone, c.is_active, c.opted_out_at, c.can_receive, c.created_at
   from public.message_groups mg
   join public.group_contacts gc on gc.group_id = mg.group_id
   join public.contacts c on c.id = gc.contact_id
   where mg.message_id = $1::uuid
 ),
-eligible as (select * from members where is_active and opted_out_at is null),
+eligible as (select * from members where can_receive),
 reached as (select distinct on (phone) * from eligible order by phone, created_at)
 select
   (select count(*) from reached)::integer as recipient_count,
