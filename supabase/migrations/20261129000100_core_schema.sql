@@ -8,6 +8,7 @@
 --   message_counts, message_audiences          derived, written only by the triggers of
 --                                              20261129000500_derived_counts
 --   sync_operations                            the stored answer of each offline operation
+--   replies                                    what contacts answered (20261129000900_replies_and_opt_out)
 --
 -- Private state lives with the feature that owns it: private.settings and
 -- private.rate_events with the content rules, private.senders, sender_usage and
@@ -100,6 +101,8 @@ create table public.contacts (
   is_active boolean not null default true,
   opted_out_at timestamptz,
   -- Whether the contact may be messaged: the one definition every recipient query uses.
+  -- The keyword of the reply that opted the contact out (null: opted out by hand, or not at all).
+  opted_out_keyword text check (opted_out_keyword is null or char_length(opted_out_keyword) <= 100),
   can_receive boolean not null generated always as (is_active and opted_out_at is null) stored,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
@@ -108,6 +111,8 @@ create table public.contacts (
 );
 
 create index contacts_created_by_created_at_idx on public.contacts (created_by, created_at desc);
+-- An incoming reply finds every owner's contact with that phone.
+create index contacts_phone_idx on public.contacts (phone);
 create trigger contacts_touch before update on public.contacts
   for each row execute function private.touch_updated_at();
 
@@ -303,6 +308,32 @@ $$;
 
 create trigger audit_log_append_only before update or delete on public.audit_log
   for each row execute function private.audit_log_is_append_only();
+
+-- -----------------------------------------------------------------------------
+-- replies: what a contact wrote back, one row per owner who has the sender as a contact (the
+-- same WhatsApp message reaches each of them once). Written only by private.record_reply.
+-- -----------------------------------------------------------------------------
+create table public.replies (
+  id uuid primary key default gen_random_uuid(),
+  created_by uuid not null references auth.users (id) on delete cascade,
+  contact_id uuid references public.contacts (id) on delete set null,
+  phone text not null check (phone ~ '^\+[1-9]\d{1,14}$'),
+  text text not null check (char_length(text) <= 4096),
+  -- reply | opt_out | opt_in: what the whole text meant (public.reply_kind)
+  kind text not null check (kind in ('reply', 'opt_out', 'opt_in')),
+  -- The last message sent to this phone by this owner when the reply arrived, if any.
+  message_id uuid references public.messages (id) on delete set null,
+  whatsapp_message_id text not null check (char_length(whatsapp_message_id) <= 200),
+  received_at timestamptz not null,
+  created_at timestamptz not null default now(),
+  constraint replies_once_per_owner unique (created_by, whatsapp_message_id)
+);
+
+create index replies_created_by_received_at_idx on public.replies (created_by, received_at desc);
+create index replies_contact_id_idx on public.replies (contact_id);
+create index replies_message_id_idx on public.replies (message_id);
+-- Opt-outs per day (the dashboard's opt-out rate).
+create index replies_opt_outs_idx on public.replies (created_by, received_at) where kind = 'opt_out';
 
 -- -----------------------------------------------------------------------------
 -- message_counts: messages per (owner, status), the list's `total`. Each transaction adds its

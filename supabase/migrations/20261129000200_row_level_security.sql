@@ -32,6 +32,7 @@ alter table public.audit_log enable row level security;
 alter table public.message_counts enable row level security;
 alter table public.message_audiences enable row level security;
 alter table public.sync_operations enable row level security;
+alter table public.replies enable row level security;
 
 -- anon gets nothing at all; authenticated gets what the policies allow.
 revoke all on all tables in schema public from anon;
@@ -46,6 +47,11 @@ revoke insert, update, delete on public.deliveries from authenticated;
 revoke insert, delete on public.profiles from authenticated;
 revoke update on public.sync_operations from authenticated;  -- a stored result is final
 revoke insert, update, delete on public.message_counts, public.message_audiences from authenticated;
+revoke insert, update, delete on public.replies from authenticated;
+-- The opt-out keyword is the reply's, never typed by a user.
+revoke insert, update on public.contacts from authenticated;
+grant insert (id, created_by, name, phone, email, is_active, opted_out_at) on public.contacts to authenticated;
+grant update (name, phone, email, is_active, opted_out_at, updated_at) on public.contacts to authenticated;
 revoke update, delete on public.audit_log from authenticated;
 -- Messages and groups: users write what the guide lets them edit; the state machine and the
 -- counters own the rest (status changes go through private.guard_message; counters, sent_at and
@@ -185,6 +191,13 @@ create policy "audit_log: read own or admin" on public.audit_log
 create policy "audit_log: append own" on public.audit_log
   for insert to authenticated
   with check (actor_id = (select auth.uid()));
+
+-- -----------------------------------------------------------------------------
+-- replies: each user reads the replies of their own contacts; only the service writes them
+-- -----------------------------------------------------------------------------
+create policy "replies: read own or admin" on public.replies
+  for select to authenticated
+  using (created_by = (select auth.uid()) or (select private.is_admin()));
 
 -- -----------------------------------------------------------------------------
 -- sync_operations: users add and forget their results, nobody rewrites them

@@ -28,6 +28,11 @@ create table private.settings (
   send_daily_cap integer not null default 1000 check (send_daily_cap >= 0),
   schedule_per_minute integer not null default 10 check (schedule_per_minute > 0),
   group_create_per_minute integer not null default 5 check (group_create_per_minute > 0),
+  -- Whole-message keywords of replies (20261129000900_replies_and_opt_out), matched ignoring case,
+  -- accents and punctuation.
+  opt_out_keywords text[] not null
+    default '{baja,stop,alto,cancelar,desuscribir,unsubscribe,"no mas",parar,stopall,end,quit}',
+  opt_in_keywords text[] not null default '{alta,start,unstop,suscribir,subscribe}',
   updated_at timestamptz not null default now()
 );
 

@@ -268,16 +268,27 @@ begin
     ) f
     limit greatest(allowance - (select count(*) from rescued), 0)
   ), picked as (
-    select id from rescued union all select id from fresh
+    -- The last check before the bridge call, in the statement that marks the delivery sending:
+    -- a recipient who opted out meanwhile (a reply, or by hand) is skipped, never sent.
+    select p.id, not exists (
+      select 1 from public.deliveries pd join public.contacts c on c.created_by = pd.created_by and c.phone = pd.phone
+      where pd.id = p.id and c.opted_out_at is not null
+    ) as sendable
+    from (select id from rescued union all select id from fresh) p
   ), claimed as (
     update public.deliveries d
-    set state = 'sending', attempts = d.attempts + 1, claimed_by = p_worker,
-        lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+    set state = case when picked.sendable then 'sending' else 'skipped' end,
+        attempts = d.attempts + picked.sendable::integer,
+        claimed_by = case when picked.sendable then p_worker else d.claimed_by end,
+        lease_expires_at = case when picked.sendable then now() + make_interval(secs => p_lease_seconds) end,
+        last_error_code = case when picked.sendable then d.last_error_code else 'opted_out' end,
+        last_error = case when picked.sendable then d.last_error else 'The recipient asked not to be messaged' end
     from picked where d.id = picked.id
-    returning d.id, d.message_id, d.phone, d.contact_name, d.idempotency_key, d.attempts
+    returning d.id, d.message_id, d.phone, d.contact_name, d.idempotency_key, d.attempts, d.state
   )
   select c.id, c.message_id, c.phone, c.contact_name, c.idempotency_key, m.content, c.attempts
-  from claimed c join public.messages m on m.id = c.message_id;
+  from claimed c join public.messages m on m.id = c.message_id
+  where c.state = 'sending';
 
   get diagnostics n = row_count;
   if paced and n > 0 then
