@@ -1,8 +1,22 @@
-"""`whatsched dev`: the whole stack in the foreground, stopped together with Ctrl-C."""
+"""`whatsched dev`: the whole stack in the foreground, stopped together with Ctrl-C.
+
+Nothing it starts outlives it, however it ends:
+
+- Ctrl-C, SIGTERM or SIGHUP (to it or to its whole process group): it stops the children
+  itself, SIGTERM first and SIGKILL (with their descendants) after a grace period, then the
+  embedded PostgreSQL. The children run in sessions of their own, so a signal to our process
+  group reaches only us and the stop happens in order.
+- Killed outright (SIGKILL, the OOM killer): on Linux every child asked the kernel at fork for
+  SIGTERM when we die (PR_SET_PDEATHSIG, see `die_with_parent`; it survives the exec of python
+  and of node), and the embedded PostgreSQL for SIGINT, its fast shutdown. The worker and the
+  bridge also watch for it themselves: they get our pid in WHATSCHED_SUPERVISOR_PID and stop as
+  soon as their parent is another process (the bridge then closes its Chromium too).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -15,13 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import psutil
+
 from whatsched.config import Settings
-from whatsched.db.embedded import EmbeddedPostgres, port_is_free
+from whatsched.db.embedded import EmbeddedPostgres, die_with_parent, port_is_free
 from whatsched.db.setup import prepare
 from whatsched.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 COLOURS = {"api": "\033[36m", "worker": "\033[35m", "bridge": "\033[33m"}
+# Our pid, for the children that watch their supervisor (the worker, and bridge/src/parent-watch.js).
+SUPERVISOR_ENV = "WHATSCHED_SUPERVISOR_PID"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -32,17 +51,26 @@ class Part:
     process: subprocess.Popen[bytes] | None = None
 
 
+def _write(text: str) -> None:
+    # Whoever read our output may be gone (a closed terminal, a killed pipe): carry on stopping.
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def say(message: str) -> None:
-    print(f"\033[1mwhatsched\033[0m | {message}", flush=True)
+    _write(f"\033[1mwhatsched\033[0m | {message}\n")
 
 
 def _relay(part: Part) -> None:
-    """Prefix each line of a child's output with its name."""
+    """Prefix each line of a child's output with its name. It keeps reading even when our own
+    output is gone, or a child blocked on a full pipe could not stop."""
     assert part.process is not None and part.process.stdout is not None
     prefix = f"{COLOURS.get(part.name, '')}{part.name:<6}\033[0m | "
     for raw in iter(part.process.stdout.readline, b""):
-        sys.stdout.write(prefix + raw.decode("utf-8", "replace"))
-        sys.stdout.flush()
+        _write(prefix + raw.decode("utf-8", "replace"))
 
 
 def _check_environment(settings: Settings, with_bridge: bool) -> None:
@@ -85,6 +113,7 @@ def child_env(settings: Settings, database_url: str, app_url: str) -> dict[str, 
             "WHATSAPP_SESSION_PATH": str(settings.session_path.resolve()),
             "WHATSAPP_PUPPETEER_ARGS": settings.whatsapp_puppeteer_args,
             "PYTHONUNBUFFERED": "1",
+            SUPERVISOR_ENV: str(os.getpid()),
         }
     )
     return env
@@ -103,6 +132,13 @@ def _wait_healthy(url: str, stop: threading.Event, timeout: float = 60.0) -> boo
     return False
 
 
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
 def _terminate(parts: list[Part], timeout: float = 10.0) -> None:
     for part in parts:
         if part.process and part.process.poll() is None:
@@ -114,8 +150,14 @@ def _terminate(parts: list[Part], timeout: float = 10.0) -> None:
         try:
             part.process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            say(f"{part.name} did not stop within {timeout:.0f} s; killing it")
+            # Its own children (a Chromium, in a process group of its own) would survive it.
+            leftovers = _descendants(part.process.pid)
             part.process.kill()
             part.process.wait()
+            for child in leftovers:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
 
 
 def run(settings: Settings) -> int:
@@ -128,8 +170,8 @@ def run(settings: Settings) -> int:
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
 
     embedded: EmbeddedPostgres | None = None
     try:
@@ -149,13 +191,17 @@ def run(settings: Settings) -> int:
 
         env = child_env(settings, database_url, prepared.app_url)
         for part in parts:
+            if stop.is_set():
+                break  # asked to stop while the database was starting: start nothing more
             part.process = subprocess.Popen(
                 part.argv,
                 cwd=part.cwd,
                 env=env,
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+                preexec_fn=die_with_parent(signal.SIGTERM),  # and if we are killed, the kernel stops them
             )
             threading.Thread(target=_relay, args=(part,), daemon=True).start()
 

@@ -1,7 +1,16 @@
 // Entry point (`npm start`): load config, start the bridge, stop it cleanly on
-// SIGINT/SIGTERM, and turn the usual startup mistakes into one clear sentence.
+// SIGINT/SIGTERM or when its supervisor (`whatsched dev`) is gone, and turn the usual
+// startup mistakes into one clear sentence.
 import { ConfigError, loadConfig } from './config.js';
 import { createBridge } from './bridge.js';
+import { killBrowserProcesses } from './drivers/browser-procs.js';
+import { supervisorPid, watchParent } from './parent-watch.js';
+
+const STOP_DEADLINE_MS = 30_000; // past it, stopping is stuck: kill our browsers and exit
+
+// Whoever read our output may be gone (the supervisor died): a write error must not kill us
+// before we have closed Chromium.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
 
 function fail(sentence) {
   console.error(`bridge: ${sentence}`);
@@ -24,10 +33,15 @@ try {
 }
 
 let stopping = false;
-async function shutdown(signal) {
+async function shutdown(reason) {
   if (stopping) return;
   stopping = true;
-  console.log(`bridge: ${signal} received; stopping`);
+  console.log(`bridge: ${reason}; stopping`);
+  setTimeout(() => {
+    console.error(`bridge: still stopping after ${STOP_DEADLINE_MS} ms; killing our browsers and exiting`);
+    if (bridge.driver.userDataDir) killBrowserProcesses(bridge.driver.userDataDir);
+    process.exit(1);
+  }, STOP_DEADLINE_MS).unref();
   try {
     await bridge.stop();
   } catch (err) {
@@ -36,8 +50,10 @@ async function shutdown(signal) {
   }
   process.exit(0);
 }
-process.on('SIGINT', () => shutdown('SIGINT'));
-process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT received'));
+process.on('SIGTERM', () => shutdown('SIGTERM received'));
+const supervisor = supervisorPid();
+watchParent({ expected: supervisor, onGone: () => shutdown(`the supervisor (pid ${supervisor}) is gone`) });
 // whatsapp-web.js can reject from its own page callbacks; log it rather than die with a browser open.
 process.on('unhandledRejection', (err) => console.error(`bridge: unhandled rejection: ${err?.stack ?? err}`));
 

@@ -8,6 +8,8 @@ overdue, the sender's number, pacing-count pruning), and correctness never depen
 
 Each lane has its own connection, acting as service_role for the whole session. SIGTERM or
 SIGINT stops claiming; the batches in flight are sent and recorded, then the worker exits 0.
+Under `whatsched dev` the worker also stops when its supervisor disappears (`watch_supervisor`):
+an orphaned worker must not go on sending.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -41,6 +45,8 @@ CHANNEL = "whatsched_dispatch"
 APPLICATION_NAME = "whatsched-worker"
 # Errors after which the worker reconnects and tries again rather than dying.
 RECOVERABLE = DATABASE_ERRORS
+# Set by `whatsched dev` (whatsched.dev.SUPERVISOR_ENV) to its pid: our parent while it lives.
+SUPERVISOR_ENV = "WHATSCHED_SUPERVISOR_PID"
 
 
 async def connect(url: str, role: str = "service_role") -> asyncpg.Connection:
@@ -296,11 +302,40 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def watch_supervisor(
+    on_gone: Callable[[], None], *, every_s: float = 0.5, grace_s: float = 20.0
+) -> threading.Thread | None:
+    """If WHATSCHED_SUPERVISOR_PID names our parent, watch it from a thread (a busy or stuck event
+    loop cannot delay it): once our parent is another process (we were re-parented, so the
+    supervisor died, even by SIGKILL), call `on_gone`, and if we are still alive `grace_s`
+    later, exit at once. On Linux the supervisor also has the kernel send us SIGTERM; this is
+    the portable half and the safety net. Returns None when not supervised."""
+    try:
+        supervisor = int(os.environ.get(SUPERVISOR_ENV, ""))
+    except ValueError:
+        return None
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(every_s)
+        log.warning("the supervisor (pid %s) is gone; stopping", supervisor)
+        on_gone()
+        time.sleep(grace_s)
+        log.error("still running %.0f s after the supervisor died; exiting now", grace_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="supervisor-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
 async def serve(settings: Settings) -> None:
-    """Run one worker until SIGTERM or SIGINT."""
+    """Run one worker until SIGTERM or SIGINT (or, under `whatsched dev`, its supervisor's end)."""
     from whatsched.db.setup import resolve_app_url
 
-    url = await resolve_app_url(settings)
+    # The supervisor's end is a SIGTERM to ourselves: the same stop as the kernel's signal.
+    watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    url = await resolve_app_url(settings)  # until the worker exists, SIGTERM ends us at once
     worker = Worker(settings, url)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
