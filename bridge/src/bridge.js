@@ -53,6 +53,11 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     });
   });
 
+  // A reply from a person. Its text is personal data: it goes to the API and nowhere else (no log line).
+  driver.on('inbound', (m) => {
+    events.publish({ type: EVENT_TYPES.INBOUND_MESSAGE, phone: m.phone, text: m.text, whatsapp_message_id: m.whatsapp_message_id, at: m.at });
+  });
+
   let url = null;
   return {
     config,

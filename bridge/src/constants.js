@@ -10,8 +10,20 @@ export const WA_EVENTS = Object.freeze({
   AUTH_FAILURE: 'auth_failure',
   DISCONNECTED: 'disconnected',
   MESSAGE_ACK: 'message_ack',
+  MESSAGE_RECEIVED: 'message', // a new message from someone else (not emitted for our own)
   CHANGE_STATE: 'change_state',
 });
+
+// whatsapp-web.js chat id suffixes (the `server` part of a Wid).
+export const WID_USER = '@c.us'; // a person, by phone number: "56912345678@c.us"
+export const WID_LID = '@lid'; // a person, by WhatsApp's privacy id: "123456789012345@lid" (no phone in it)
+export const WID_GROUP = '@g.us';
+export const STATUS_BROADCAST = 'status@broadcast';
+
+// whatsapp-web.js MessageTypes whose body is words the sender typed: plain text, the
+// caption of a photo/video/document, and the text of a tapped button or list row.
+// Others (vcard text, a location's thumbnail, a poll's title, stickers, voice) are not replies.
+export const INBOUND_TEXT_TYPES = Object.freeze(['chat', 'image', 'video', 'document', 'buttons_response', 'list_response', 'template_button_reply']);
 
 // whatsapp-web.js message ack levels (whatsapp-web.js `MessageAck`).
 export const ACK_ERROR = -1;
@@ -41,6 +53,7 @@ export const DELIVERY = Object.freeze({
 export const EVENT_TYPES = Object.freeze({
   WHATSAPP_STATUS: 'whatsapp_status',
   MESSAGE_ACK: 'message_ack',
+  INBOUND_MESSAGE: 'inbound_message',
 });
 
 // Our error codes with the HTTP status each is answered with.
@@ -62,6 +75,8 @@ export const E164_PATTERN = /^\+[1-9]\d{1,14}$/;
 export const MAX_BODY_CHARS = 4096;
 export const MAX_IDEMPOTENCY_KEY_CHARS = 200;
 export const MAX_REQUEST_BYTES = 64 * 1024;
+// POST /simulator/inbound: the longest whatsapp_message_id accepted (the backend stores up to 300).
+export const MAX_MESSAGE_ID_CHARS = 300;
 
 // Headers of the signed events sent to the backend.
 export const SIGNATURE_HEADER = 'X-Bridge-Signature';

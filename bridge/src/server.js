@@ -1,11 +1,12 @@
 // The bridge's HTTP API (node:http, no framework): authentication, request
-// validation, idempotent sends, and the simulator's admin routes.
+// validation, idempotent sends, and the simulator's admin routes (including a fake incoming reply).
 import http from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import {
   E164_PATTERN,
   MAX_BODY_CHARS,
   MAX_IDEMPOTENCY_KEY_CHARS,
+  MAX_MESSAGE_ID_CHARS,
   MAX_REQUEST_BYTES,
   STATUS,
 } from './constants.js';
@@ -136,6 +137,13 @@ function buildRoutes({ config, driver, store }) {
       },
     },
   };
+  routes['/simulator/inbound'] = {
+    POST: {
+      handle: async (req, res) => {
+        sendJson(res, 200, driver.injectInbound(validateInbound(await readJson(req))));
+      },
+    },
+  };
   routes['/simulator/config'] = {
     POST: {
       handle: async (req, res) => {
@@ -168,6 +176,34 @@ export function validateSend(input) {
     throw new BridgeError('bad_request', `idempotency_key must be a string of 1 to ${MAX_IDEMPOTENCY_KEY_CHARS} characters`, 'idempotency_key');
   }
   return { to, body, idempotency_key };
+}
+
+const ISO_DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
+
+/**
+ * Validate a POST /simulator/inbound body {from, text, whatsapp_message_id?, at?};
+ * throws a 400 BridgeError naming the field at fault. `at` comes back normalized to UTC ISO.
+ */
+export function validateInbound(input) {
+  const { from, text, whatsapp_message_id, at } = input;
+  if (typeof from !== 'string' || !E164_PATTERN.test(from)) {
+    throw new BridgeError('bad_request', 'from must be an E.164 number such as +56912345678', 'from');
+  }
+  if (typeof text !== 'string' || !text.trim()) {
+    throw new BridgeError('bad_request', 'text must be a non-empty string', 'text');
+  }
+  if (whatsapp_message_id !== undefined && whatsapp_message_id !== null &&
+      (typeof whatsapp_message_id !== 'string' || whatsapp_message_id.length === 0 || whatsapp_message_id.length > MAX_MESSAGE_ID_CHARS)) {
+    throw new BridgeError('bad_request', `whatsapp_message_id must be a string of 1 to ${MAX_MESSAGE_ID_CHARS} characters`, 'whatsapp_message_id');
+  }
+  let when = null;
+  if (at !== undefined && at !== null) {
+    // Only full ISO 8601 date-times: Date.parse alone would take "1" or "March 3".
+    const ms = typeof at === 'string' && ISO_DATE_TIME.test(at) ? Date.parse(at) : NaN;
+    if (Number.isNaN(ms)) throw new BridgeError('bad_request', 'at must be an ISO 8601 date-time such as 2025-01-27T14:30:00Z', 'at');
+    when = new Date(ms).toISOString();
+  }
+  return { phone: from, text, whatsapp_message_id: whatsapp_message_id ?? null, at: when };
 }
 
 function isAuthorized(req, token, { allowCookie = false } = {}) {

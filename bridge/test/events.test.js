@@ -1,5 +1,6 @@
 // Signed events to the backend: status changes and acks, retries, bounded queue.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { test } from 'node:test';
 import { EventPublisher, signEvent } from '../src/events.js';
 import { TOKEN, startBridge, startEventsReceiver, waitFor } from '../test-support/helpers.js';
@@ -84,4 +85,35 @@ test('an empty events URL publishes nothing', () => {
   events.publish({ type: 'message_ack' });
   assert.equal(events.enabled, false);
   assert.equal(events.pending, 0);
+});
+
+test('log lines about an inbound_message event name its type and id, never its text or phone', async (t) => {
+  const lines = [];
+  const log = (l) => lines.push(l);
+  const reply = { type: 'inbound_message', phone: '+56911112222', text: 'BAJA secreto-51c0', whatsapp_message_id: 'false_56911112222@c.us_1', at: '2025-01-27T14:30:00.000Z' };
+
+  // Retried (connection refused), dropped from a full queue, and left undelivered at shutdown.
+  const down = new EventPublisher({ url: 'http://127.0.0.1:9/', token: TOKEN, maxQueue: 1, log, backoff: { initialMs: 60_000 } });
+  down.publish(reply);
+  down.publish(reply);
+  await waitFor(() => lines.some((l) => l.includes('could not deliver')), { what: 'retry line' });
+  await down.close();
+
+  // Rejected for good by the API.
+  const server = http.createServer((req, res) => req.resume().on('end', () => res.writeHead(422).end('{"code":"validation_error"}')));
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => server.close(r)));
+  const refused = new EventPublisher({ url: `http://127.0.0.1:${server.address().port}/`, token: TOKEN, log });
+  refused.publish(reply);
+  await waitFor(() => lines.some((l) => l.includes('rejected')), { what: 'rejection line' });
+  await refused.close();
+
+  assert.ok(lines.some((l) => /could not deliver inbound_message event/.test(l)));
+  assert.ok(lines.some((l) => /dropped oldest inbound_message event [0-9a-f-]{36}/.test(l)));
+  assert.ok(lines.some((l) => /backend rejected inbound_message event \(HTTP 422\)/.test(l)));
+  assert.ok(lines.some((l) => /1 event\(s\) not delivered at shutdown/.test(l)));
+  for (const line of lines) {
+    assert.ok(!line.includes('secreto-51c0'), `text leaked: ${line}`);
+    assert.ok(!line.includes('56911112222'), `phone leaked: ${line}`);
+  }
 });

@@ -1,7 +1,7 @@
 // The HTTP contract, exercised through the real server with the simulator driver.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { startBridge, waitFor } from '../test-support/helpers.js';
+import { startBridge, startEventsReceiver, waitFor } from '../test-support/helpers.js';
 
 const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
 const MESSAGE_ID = /^true_\d+@c\.us_[0-9A-F]+$/;
@@ -34,6 +34,7 @@ test('every other route refuses a missing or wrong token with 401 unauthorized',
     ['DELETE', '/simulator/outbox'],
     ['POST', '/simulator/state'],
     ['POST', '/simulator/config'],
+    ['POST', '/simulator/inbound'],
     ['GET', '/no-such-route'],
   ];
   for (const [method, route] of routes) {
@@ -254,4 +255,103 @@ test('GET / serves the self-contained operator page without a token', async (t) 
   assert.match(res.body, /<img id="qr"/);
   assert.doesNotMatch(res.body, /(src|href)="https?:/, 'no external assets');
   assert.doesNotMatch(res.body, /test-token/, 'the page never contains the token');
+});
+
+const inboundEvents = (receiver) => receiver.received.filter((r) => r.event.type === 'inbound_message');
+
+test('POST /simulator/inbound reaches the API as a signed inbound_message event', async (t) => {
+  const receiver = await startEventsReceiver(t);
+  const b = await connectedBridge(t, { BRIDGE_EVENTS_URL: receiver.url });
+  const before = Date.now();
+  const res = await b.call('POST', '/simulator/inbound', { from: '+56911112222', text: 'BAJA' });
+  assert.equal(res.status, 200);
+  assert.deepEqual(Object.keys(res.body).sort(), ['at', 'phone', 'text', 'whatsapp_message_id']);
+  assert.equal(res.body.phone, '+56911112222');
+  assert.equal(res.body.text, 'BAJA');
+  assert.match(res.body.whatsapp_message_id, /^false_56911112222@c\.us_[0-9A-F]{20}$/, 'shaped like an incoming whatsapp-web.js id');
+  assert.match(res.body.at, ISO_UTC);
+  assert.ok(Date.parse(res.body.at) >= before - 1000 && Date.parse(res.body.at) <= Date.now() + 1000, 'at defaults to now');
+
+  const [got] = await waitFor(() => inboundEvents(receiver).length === 1 && inboundEvents(receiver), { what: 'inbound_message event' });
+  assert.equal(got.signatureValid, true);
+  assert.deepEqual(Object.keys(got.event).sort(), ['at', 'event_id', 'phone', 'text', 'type', 'whatsapp_message_id']);
+  assert.match(got.event.event_id, /^[0-9a-f-]{36}$/);
+  assert.deepEqual({ ...got.event, event_id: undefined }, { type: 'inbound_message', ...res.body, event_id: undefined });
+
+  // A second reply gets its own id.
+  const second = await b.call('POST', '/simulator/inbound', { from: '+56911112222', text: 'BAJA' });
+  assert.notEqual(second.body.whatsapp_message_id, res.body.whatsapp_message_id);
+  await waitFor(() => inboundEvents(receiver).length === 2, { what: 'second inbound_message event' });
+});
+
+test('POST /simulator/inbound keeps a given whatsapp_message_id and at (normalized to UTC)', async (t) => {
+  const receiver = await startEventsReceiver(t);
+  const b = await connectedBridge(t, { BRIDGE_EVENTS_URL: receiver.url });
+  const input = { from: '+15551234567', text: 'Stop, please', whatsapp_message_id: 'false_15551234567@c.us_ABC123', at: '2025-01-27T11:30:00-03:00' };
+  const res = await b.call('POST', '/simulator/inbound', input);
+  assert.equal(res.status, 200);
+  const expected = { phone: '+15551234567', text: 'Stop, please', whatsapp_message_id: 'false_15551234567@c.us_ABC123', at: '2025-01-27T14:30:00.000Z' };
+  assert.deepEqual(res.body, expected);
+  const [got] = await waitFor(() => inboundEvents(receiver).length === 1 && inboundEvents(receiver), { what: 'inbound_message event' });
+  assert.deepEqual({ ...got.event, event_id: undefined }, { type: 'inbound_message', ...expected, event_id: undefined });
+  // The same id again is the same reply to the API; the bridge just forwards it (at-least-once).
+  await b.call('POST', '/simulator/inbound', input);
+  const both = await waitFor(() => inboundEvents(receiver).length === 2 && inboundEvents(receiver), { what: 'repeated event' });
+  assert.equal(both[1].event.whatsapp_message_id, 'false_15551234567@c.us_ABC123');
+  assert.notEqual(both[1].event.event_id, both[0].event.event_id);
+});
+
+test('POST /simulator/inbound refuses a bad from, text, id or at with 400 bad_request and sends nothing', async (t) => {
+  const receiver = await startEventsReceiver(t);
+  const b = await connectedBridge(t, { BRIDGE_EVENTS_URL: receiver.url });
+  const ok = { from: '+56911112222', text: 'BAJA' };
+  const cases = [
+    [{ text: 'BAJA' }, 'from'],
+    [{ ...ok, from: '56911112222' }, 'from'],
+    [{ ...ok, from: '+0911112222' }, 'from'],
+    [{ ...ok, from: '+56 9 1111 2222' }, 'from'],
+    [{ ...ok, from: 56911112222 }, 'from'],
+    [{ ...ok, from: null }, 'from'],
+    [{ from: '+56911112222' }, 'text'],
+    [{ ...ok, text: '' }, 'text'],
+    [{ ...ok, text: '   \n' }, 'text'],
+    [{ ...ok, text: 42 }, 'text'],
+    [{ ...ok, text: null }, 'text'],
+    [{ ...ok, whatsapp_message_id: '' }, 'whatsapp_message_id'],
+    [{ ...ok, whatsapp_message_id: 'x'.repeat(301) }, 'whatsapp_message_id'],
+    [{ ...ok, whatsapp_message_id: 7 }, 'whatsapp_message_id'],
+    [{ ...ok, at: 'yesterday' }, 'at'],
+    [{ ...ok, at: '2025-13-45T10:00:00Z' }, 'at'],
+    [{ ...ok, at: '2025-01-27' }, 'at'],
+    [{ ...ok, at: 1737988200 }, 'at'],
+  ];
+  for (const [input, field] of cases) {
+    const res = await b.call('POST', '/simulator/inbound', input);
+    assert.equal(res.status, 400, JSON.stringify(input));
+    assert.deepEqual(Object.keys(res.body).sort(), ['code', 'field', 'message']);
+    assert.equal(res.body.code, 'bad_request');
+    assert.equal(res.body.field, field, JSON.stringify(input));
+  }
+  for (const raw of ['{"from":', '[]', 'null']) {
+    const res = await b.call('POST', '/simulator/inbound', raw);
+    assert.equal(res.status, 400, raw);
+    assert.equal(res.body.code, 'bad_request');
+  }
+  assert.equal((await b.call('GET', '/simulator/inbound')).status, 405);
+  // Nothing above may have produced an event; a valid call afterwards is the first one.
+  const valid = await b.call('POST', '/simulator/inbound', ok);
+  const events = await waitFor(() => inboundEvents(receiver).length > 0 && inboundEvents(receiver), { what: 'the valid event' });
+  await new Promise((r) => setTimeout(r, 50)); // would catch a stray one
+  assert.equal(inboundEvents(receiver).length, 1);
+  assert.equal(events[0].event.whatsapp_message_id, valid.body.whatsapp_message_id);
+});
+
+test('the text of a reply never appears in the log, even while its event is being retried', async (t) => {
+  const receiver = await startEventsReceiver(t, { failFirst: 2 }); // the publisher logs its retry
+  const b = await startBridge(t, { BRIDGE_EVENTS_URL: receiver.url }, { eventBackoff: { initialMs: 5, maxMs: 20 } });
+  const text = 'BAJA secreto-7f3a9c';
+  assert.equal((await b.call('POST', '/simulator/inbound', { from: '+56911112222', text })).status, 200);
+  await waitFor(() => inboundEvents(receiver).length === 1, { what: 'inbound_message event after retries' });
+  assert.ok(b.lines.some((l) => /could not deliver \w+ event/.test(l)), 'the retry was logged');
+  for (const line of b.lines) assert.ok(!line.includes('secreto-7f3a9c'), `log line leaks the text: ${line}`);
 });

@@ -4,15 +4,16 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import { ACK_DEVICE, ACK_ERROR, ACK_PENDING, ACK_PLAYED, ACK_READ, ACK_SERVER, STATUS } from '../src/constants.js';
-import { WwebjsDriver } from '../src/drivers/wwebjs.js';
+import { UNRESOLVED_SENDER_LINE, WwebjsDriver } from '../src/drivers/wwebjs.js';
 import { startBridge, startEventsReceiver, waitFor } from '../test-support/helpers.js';
 
 /** Stands in for whatsapp-web.js's Client: same event names, same method names. */
 class FakeClient extends EventEmitter {
-  constructor({ registered = () => true, initialize } = {}) {
+  constructor({ registered = () => true, initialize, lids = {} } = {}) {
     super();
-    this.calls = { initialize: 0, getNumberId: [], sendMessage: [], destroy: 0, logout: 0 };
+    this.calls = { initialize: 0, getNumberId: [], sendMessage: [], destroy: 0, logout: 0, getContactLidAndPhone: [] };
     this.registered = registered;
+    this.lids = lids; // "123@lid" -> "56911112222@c.us" that WhatsApp Web can resolve
     this.initializeImpl = initialize;
     this.info = null;
   }
@@ -27,6 +28,11 @@ class FakeClient extends EventEmitter {
   async sendMessage(chatId, content, options) {
     this.calls.sendMessage.push({ chatId, content, options });
     return { id: { fromMe: true, remote: chatId, id: `3EB0${this.calls.sendMessage.length}`, _serialized: `true_${chatId}_3EB0${this.calls.sendMessage.length}` } };
+  }
+  // whatsapp-web.js 1.34: [{lid, pn}] with pn undefined when WhatsApp will not tell.
+  async getContactLidAndPhone(userIds) {
+    this.calls.getContactLidAndPhone.push(userIds);
+    return [].concat(userIds).map((id) => ({ lid: id, pn: this.lids[id] }));
   }
   async destroy() {
     this.calls.destroy += 1;
@@ -279,7 +285,7 @@ test('logout logs the client out, reports disconnected, then comes back asking f
 
 test('simulator admin routes do not exist under wwebjs', async (t) => {
   const b = await wwebjsBridge(t, fakeFactory());
-  for (const [method, route] of [['GET', '/simulator/outbox'], ['DELETE', '/simulator/outbox'], ['POST', '/simulator/state'], ['POST', '/simulator/config']]) {
+  for (const [method, route] of [['GET', '/simulator/outbox'], ['DELETE', '/simulator/outbox'], ['POST', '/simulator/state'], ['POST', '/simulator/config'], ['POST', '/simulator/inbound']]) {
     const res = await b.call(method, route, method === 'POST' ? {} : undefined);
     assert.equal(res.status, 404, `${method} ${route}`);
     assert.equal(res.body.code, 'not_found');
@@ -343,4 +349,134 @@ test('a restart while a rebuild is pending does not start a second client', asyn
   await new Promise((r) => setTimeout(r, 100)); // past the rebuild's moment
   assert.equal(fake.clients.length, 2);
   assert.deepEqual(fake.clients.map((c) => c.calls.destroy), [1, 0]);
+});
+
+// ---- incoming messages ----
+
+let serial = 0;
+/** An incoming message as whatsapp-web.js's Message exposes it (src/structures/Message.js). */
+function incoming(from, body, overrides = {}) {
+  serial += 1;
+  const id = { fromMe: false, remote: from, id: `3A${String(serial).padStart(18, '0')}`, _serialized: `false_${from}_3A${String(serial).padStart(18, '0')}` };
+  return { id, from, to: '56911112222@c.us', author: undefined, fromMe: false, isStatus: false, broadcast: false, timestamp: 1737988200 + serial, body, type: 'chat', hasMedia: false, ...overrides };
+}
+
+async function inboundBridge(t, fakeOptions) {
+  const receiver = await startEventsReceiver(t);
+  const fake = fakeFactory(fakeOptions);
+  const b = await wwebjsBridge(t, fake, { BRIDGE_EVENTS_URL: receiver.url });
+  fake.last().becomeReady('15550000001');
+  await waitFor(async () => (await statusOf(b)).status === 'connected');
+  const inbound = () => receiver.received.filter((r) => r.event.type === 'inbound_message');
+  return { b, fake, client: fake.last(), receiver, inbound };
+}
+
+test('a reply from a @c.us sender becomes an inbound_message event with its phone, text, id and time', async (t) => {
+  const { b, client, inbound } = await inboundBridge(t);
+  const msg = incoming('56922223333@c.us', 'BAJA', { timestamp: 1737988200 });
+  client.emit('message', msg);
+  const [got] = await waitFor(() => inbound().length === 1 && inbound(), { what: 'inbound_message event' });
+  assert.equal(got.signatureValid, true);
+  assert.deepEqual(Object.keys(got.event).sort(), ['at', 'event_id', 'phone', 'text', 'type', 'whatsapp_message_id']);
+  assert.deepEqual({ ...got.event, event_id: undefined }, {
+    event_id: undefined,
+    type: 'inbound_message',
+    phone: '+56922223333',
+    text: 'BAJA',
+    whatsapp_message_id: msg.id._serialized,
+    at: '2025-01-27T14:30:00.000Z',
+  });
+  assert.equal(client.calls.getContactLidAndPhone.length, 0, 'a @c.us sender needs no lookup');
+  assert.ok(!b.lines.some((l) => l.includes('BAJA')));
+});
+
+test('a @lid sender is resolved to its phone through getContactLidAndPhone, once per LID', async (t) => {
+  const { client, inbound } = await inboundBridge(t, { lids: { '210987654321098@lid': '56944445555@c.us' } });
+  const first = incoming('210987654321098@lid', 'BAJA');
+  const second = incoming('210987654321098@lid', 'no me escriban más');
+  client.emit('message', first);
+  client.emit('message', second);
+  const got = await waitFor(() => inbound().length === 2 && inbound(), { what: 'two inbound_message events' });
+  assert.deepEqual(got.map((r) => [r.event.phone, r.event.text, r.event.whatsapp_message_id]), [
+    ['+56944445555', 'BAJA', first.id._serialized],
+    ['+56944445555', 'no me escriban más', second.id._serialized],
+  ]);
+  assert.deepEqual(client.calls.getContactLidAndPhone, [['210987654321098@lid']], 'the answer is cached');
+});
+
+test('a @lid sender whose phone cannot be resolved is dropped with one line that holds no text', async (t) => {
+  const { b, client, inbound } = await inboundBridge(t, { lids: { '111@lid': '56966667777@c.us' } });
+  client.emit('message', incoming('999999999999999@lid', 'BAJA secreto-unresolved')); // WhatsApp gives no pn
+  const failing = incoming('888888888888888@lid', 'BAJA secreto-lookup-failed');
+  const original = client.getContactLidAndPhone.bind(client);
+  client.getContactLidAndPhone = async (ids) => {
+    if ([].concat(ids).includes(failing.from)) throw new Error('Evaluation failed: t');
+    return original(ids);
+  };
+  client.emit('message', failing);
+  client.emit('message', incoming('111@lid', 'later reply')); // the chain goes on after a drop
+
+  const [got] = await waitFor(() => inbound().length === 1 && inbound(), { what: 'the resolvable reply' });
+  assert.equal(got.event.phone, '+56966667777');
+  await new Promise((r) => setTimeout(r, 50)); // would catch a stray event
+  assert.equal(inbound().length, 1);
+  assert.equal(b.lines.filter((l) => l === UNRESOLVED_SENDER_LINE).length, 2);
+  for (const line of b.lines) assert.ok(!line.includes('secreto'), `text leaked: ${line}`);
+  for (const line of b.lines) assert.ok(!/999999999999999|888888888888888/.test(line), `sender leaked: ${line}`);
+});
+
+test('status broadcasts, groups, channels, our own messages and messages without typed words are skipped', async (t) => {
+  const { b, client, inbound } = await inboundBridge(t);
+  const skipped = [
+    incoming('status@broadcast', 'my status', { isStatus: true, author: '56922223333@c.us' }),
+    incoming('56922223333@c.us', 'status seen through its id only', { isStatus: false, id: { fromMe: false, remote: 'status@broadcast', _serialized: 'false_status@broadcast_X' } }),
+    incoming('120363012345678901@g.us', 'BAJA in a group', { author: '56922223333@c.us' }),
+    incoming('120363012345678901@newsletter', 'a channel post'),
+    incoming('56922223333@c.us', 'sent from the operator phone', { fromMe: true }),
+    incoming('56922223333@c.us', 'fromMe only in the id', { id: { fromMe: true, remote: '56922223333@c.us', _serialized: 'true_56922223333@c.us_Y' } }),
+    incoming('56922223333@c.us', '', { type: 'image', hasMedia: true }), // a photo without caption
+    incoming('56922223333@c.us', '', { type: 'ptt', hasMedia: true }),
+    incoming('56922223333@c.us', '', { type: 'sticker', hasMedia: true }),
+    incoming('56922223333@c.us', '/9j/4AAQSkZJRgABAQ', { type: 'location' }), // a location's body is its thumbnail
+    incoming('56922223333@c.us', 'BEGIN:VCARD\nEND:VCARD', { type: 'vcard' }),
+    incoming('56922223333@c.us', '', { type: 'revoked' }),
+    incoming('56922223333@c.us', '   \n ', { type: 'chat' }),
+  ];
+  const caption = incoming('56922223333@c.us', 'BAJA (in a photo caption)', { type: 'image', hasMedia: true });
+  const sentinel = incoming('56922223333@c.us', 'last one');
+  for (const msg of skipped) client.emit('message', msg);
+  client.emit('message', caption);
+  client.emit('message', sentinel);
+  const got = await waitFor(() => inbound().length >= 2 && inbound(), { what: 'caption and sentinel' });
+  await new Promise((r) => setTimeout(r, 50)); // would catch a stray event
+  assert.equal(inbound().length, 2);
+  assert.deepEqual(got.map((r) => r.event.text), ['BAJA (in a photo caption)', 'last one']);
+  assert.deepEqual(got.map((r) => r.event.whatsapp_message_id), [caption.id._serialized, sentinel.id._serialized]);
+  assert.ok(!b.lines.some((l) => l.includes(UNRESOLVED_SENDER_LINE)), 'skipped messages are not "unresolved"');
+});
+
+test('replies keep their arrival order even when a LID lookup is slow', async (t) => {
+  const { client, inbound } = await inboundBridge(t, { lids: { '5@lid': '56955555555@c.us' } });
+  const original = client.getContactLidAndPhone.bind(client);
+  client.getContactLidAndPhone = async (ids) => {
+    await new Promise((r) => setTimeout(r, 60));
+    return original(ids);
+  };
+  client.emit('message', incoming('5@lid', 'BAJA'));
+  client.emit('message', incoming('56922223333@c.us', 'hola'));
+  const got = await waitFor(() => inbound().length === 2 && inbound(), { what: 'two events' });
+  assert.deepEqual(got.map((r) => r.event.text), ['BAJA', 'hola']);
+});
+
+test('messages from a replaced client are ignored', async (t) => {
+  const { b, fake, inbound } = await inboundBridge(t);
+  const old = fake.last();
+  await b.call('POST', '/restart');
+  old.emit('message', incoming('56922223333@c.us', 'from the old client'));
+  fake.last().becomeReady('15550000001');
+  fake.last().emit('message', incoming('56922223333@c.us', 'from the new client'));
+  const got = await waitFor(() => inbound().length >= 1 && inbound(), { what: 'one event' });
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(inbound().map((r) => r.event.text), ['from the new client']);
+  assert.equal(got[0].event.phone, '+56922223333');
 });

@@ -3,7 +3,8 @@
 //
 // Driver interface (see simulator.js and wwebjs.js):
 //   start(), stop(), status(), send(to, body, meta) -> {whatsapp_message_id} or throws BridgeError,
-//   logout(), restart(); events: 'status' (snapshot), 'ack' ({whatsapp_message_id, ack, at}).
+//   logout(), restart(); events: 'status' (snapshot), 'ack' ({whatsapp_message_id, ack, at}),
+//   'inbound' ({phone, text, whatsapp_message_id, at}: a reply from a person, phone in E.164).
 import { EventEmitter } from 'node:events';
 import { STATUS } from '../constants.js';
 

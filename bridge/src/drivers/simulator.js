@@ -4,6 +4,7 @@
 // - sending while not connected -> not_connected;
 // - `fail_next: n` makes the next n accepted sends fail with send_failed;
 // - every sent message gets acks sent -> delivered -> read, ackDelayMs apart.
+// - injectInbound() (POST /simulator/inbound) emits an incoming reply as `inbound`.
 import { randomBytes } from 'node:crypto';
 import { ACK_DEVICE, ACK_READ, ACK_SERVER, STATUS, ackToDelivery } from '../constants.js';
 import { BridgeError } from '../errors.js';
@@ -80,6 +81,23 @@ export class SimulatorDriver extends BaseDriver {
     } else {
       throw new BridgeError('bad_request', 'status must be connected, disconnected or qr_needed', 'status');
     }
+  }
+
+  /**
+   * POST /simulator/inbound: someone replied. Emits the same `inbound` event the wwebjs driver does.
+   * @param {{phone: string, text: string, whatsapp_message_id?: string|null, at?: string|null}} message validated by the server
+   * @returns {{phone: string, text: string, whatsapp_message_id: string, at: string}} what was emitted
+   */
+  injectInbound({ phone, text, whatsapp_message_id = null, at = null }) {
+    const inbound = {
+      phone,
+      text,
+      // The shape of an incoming whatsapp-web.js id: false_<chat>_<message>.
+      whatsapp_message_id: whatsapp_message_id ?? `false_${phone.slice(1)}@c.us_${randomBytes(10).toString('hex').toUpperCase()}`,
+      at: at ?? new Date().toISOString(),
+    };
+    this.emit('inbound', inbound);
+    return inbound;
   }
 
   /** POST /simulator/config */

@@ -3,7 +3,17 @@
 // running as an orphan browser.
 import path from 'node:path';
 import { rm } from 'node:fs/promises';
-import { STATUS, WA_EVENTS, ackToDelivery } from '../constants.js';
+import {
+  E164_PATTERN,
+  INBOUND_TEXT_TYPES,
+  STATUS,
+  STATUS_BROADCAST,
+  WA_EVENTS,
+  WID_GROUP,
+  WID_LID,
+  WID_USER,
+  ackToDelivery,
+} from '../constants.js';
 import { BridgeError } from '../errors.js';
 import { qrToDataUrl } from '../qr.js';
 import { BaseDriver } from './base.js';
@@ -11,6 +21,40 @@ import { findBrowserPids, killBrowserProcesses } from './browser-procs.js';
 
 const DESTROY_TIMEOUT_MS = 10_000;
 const LOOKUP_TIMEOUT_MS = 30_000; // getNumberId sends nothing, so timing it out is safe
+const INBOUND_STOP_WAIT_MS = 2000;
+const LID_CACHE_MAX = 10_000; // resolved LID -> phone pairs kept, so a chatty sender is looked up once
+export const UNRESOLVED_SENDER_LINE = 'bridge: inbound message from an unresolved sender dropped';
+
+/**
+ * The part of an incoming whatsapp-web.js Message the bridge forwards, or null when it is
+ * not a reply from a person: status updates, groups, channels, our own messages, and
+ * messages without typed words are all skipped.
+ * @param {object} msg a whatsapp-web.js Message (from, fromMe, isStatus, id, timestamp, body, type)
+ * @returns {{sender: string, text: string, whatsapp_message_id: string, at: string}|null}
+ */
+export function inboundFromMessage(msg) {
+  if (!msg || msg.fromMe || msg.id?.fromMe) return null;
+  const sender = typeof msg.from === 'string' ? msg.from : '';
+  if (msg.isStatus || sender === STATUS_BROADCAST || msg.id?.remote === STATUS_BROADCAST) return null;
+  if (sender.endsWith(WID_GROUP)) return null; // a group's messages come `from` the group
+  // Only people: this also leaves out channels (@newsletter) and broadcast lists.
+  if (!sender.endsWith(WID_USER) && !sender.endsWith(WID_LID)) return null;
+  if (!INBOUND_TEXT_TYPES.includes(msg.type)) return null;
+  const text = typeof msg.body === 'string' ? msg.body : '';
+  if (!text.trim()) return null; // a photo without a caption says nothing
+  const whatsapp_message_id = msg.id?._serialized;
+  if (typeof whatsapp_message_id !== 'string' || !whatsapp_message_id) return null;
+  const seconds = Number(msg.timestamp);
+  const at = Number.isFinite(seconds) && seconds > 0 ? new Date(seconds * 1000) : new Date();
+  return { sender, text, whatsapp_message_id, at: at.toISOString() };
+}
+
+/** "+56912345678" from "56912345678@c.us", or null when that is not a phone number. */
+export function phoneFromUserWid(wid) {
+  if (typeof wid !== 'string' || !wid.endsWith(WID_USER)) return null;
+  const phone = `+${wid.slice(0, -WID_USER.length)}`;
+  return E164_PATTERN.test(phone) ? phone : null;
+}
 
 /**
  * The default client factory: a real whatsapp-web.js Client with LocalAuth.
@@ -44,6 +88,8 @@ export class WwebjsDriver extends BaseDriver {
   #retryTimer = null;
   #stopped = true;
   #lifecycle = Promise.resolve(); // stop/restart/logout run one at a time, or two clients could start
+  #inbound = Promise.resolve(); // incoming messages are handled one at a time, in arrival order
+  #lidPhones = new Map(); // "123@lid" -> "+569...", oldest first
 
   /**
    * @param {object} opts
@@ -77,6 +123,9 @@ export class WwebjsDriver extends BaseDriver {
       clearTimeout(this.#retryTimer);
       this.#retryTimer = null;
       await this.#teardown();
+      // Let messages already received reach the event queue before the bridge closes it
+      // (with the browser gone, a pending LID lookup fails fast).
+      await Promise.race([this.#inbound, new Promise((r) => setTimeout(r, INBOUND_STOP_WAIT_MS).unref())]);
     });
   }
 
@@ -131,6 +180,40 @@ export class WwebjsDriver extends BaseDriver {
     });
   }
 
+  /** Resolve the sender's phone and emit `inbound`; a sender without a phone is dropped, text unlogged. */
+  async #forwardInbound(client, { sender, text, whatsapp_message_id, at }) {
+    let phone = null;
+    try {
+      phone = sender.endsWith(WID_LID) ? await this.#phoneForLid(client, sender) : phoneFromUserWid(sender);
+    } catch {
+      phone = null; // the page call failed: same as unknown
+    }
+    if (!phone) {
+      this.#opts.log(UNRESOLVED_SENDER_LINE);
+      return;
+    }
+    this.emit('inbound', { phone, text, whatsapp_message_id, at });
+  }
+
+  /**
+   * whatsapp-web.js >= 1.34 `client.getContactLidAndPhone([lid])` -> [{lid, pn: "569...@c.us"}]:
+   * the phone WhatsApp Web knows for this LID (asking the server when it has none), or no pn.
+   * Successful answers are cached; lookups are not free (and in excess may draw WhatsApp's attention).
+   */
+  async #phoneForLid(client, lid) {
+    const cached = this.#lidPhones.get(lid);
+    if (cached) return cached;
+    if (typeof client.getContactLidAndPhone !== 'function') return null;
+    const answer = await withTimeout(client.getContactLidAndPhone([lid]), LOOKUP_TIMEOUT_MS, 'getContactLidAndPhone');
+    const entry = Array.isArray(answer) ? answer.find((e) => e?.lid === lid) ?? answer[0] : null;
+    const phone = phoneFromUserWid(entry?.pn);
+    if (phone) {
+      if (this.#lidPhones.size >= LID_CACHE_MAX) this.#lidPhones.delete(this.#lidPhones.keys().next().value);
+      this.#lidPhones.set(lid, phone);
+    }
+    return phone;
+  }
+
   #serial(operation) {
     const run = this.#lifecycle.then(operation);
     this.#lifecycle = run.catch(() => {});
@@ -165,6 +248,13 @@ export class WwebjsDriver extends BaseDriver {
       if (!current() || msg?.id?.fromMe === false) return;
       const delivery = ackToDelivery(ack);
       if (delivery) this.emit('ack', { whatsapp_message_id: msg.id._serialized, ack: delivery, at: new Date().toISOString() });
+    });
+    client.on(WA_EVENTS.MESSAGE_RECEIVED, (msg) => {
+      if (!current()) return;
+      const inbound = inboundFromMessage(msg);
+      if (!inbound) return;
+      // A chain, so a slow LID lookup cannot let a later message overtake an earlier one.
+      this.#inbound = this.#inbound.then(() => this.#forwardInbound(client, inbound)).catch(() => {});
     });
 
     if (fresh) this._setStatus(STATUS.INITIALIZING);
