@@ -1,24 +1,18 @@
-"""What every router shares: UTC timestamps with Z, pagination, and audit from a request."""
+"""What every router shares: UTC timestamps with Z (whatsched.models), the page shape, and audit
+from a request."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
-from fastapi import Query
-from pydantic import BaseModel, PlainSerializer
+from pydantic import BaseModel
 
 from whatsched import audit
 from whatsched.api.deps import Caller
+from whatsched.models import UtcDateTime, utc_iso
 
-
-def utc_iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-# Times on the wire are ISO 8601 UTC with Z.
-UtcDateTime = Annotated[datetime, PlainSerializer(utc_iso, return_type=str, when_used="json")]
+__all__ = ["Page", "UtcDateTime", "audit_action", "utc_iso"]
 
 T = TypeVar("T")
 
@@ -28,22 +22,6 @@ class Page(BaseModel, Generic[T]):
     total: int
     page: int
     page_size: int
-
-
-class PageParams(BaseModel):
-    page: int
-    page_size: int
-
-    @property
-    def offset(self) -> int:
-        return (self.page - 1) * self.page_size
-
-
-async def page_params(
-    page: int = Query(1, ge=1, le=100_000, description="1-based page number"),
-    page_size: int = Query(20, ge=1, le=100, description="items per page (max 100)"),
-) -> PageParams:
-    return PageParams(page=page, page_size=page_size)
 
 
 async def audit_action(

@@ -1,15 +1,25 @@
-"""Shared request dependencies: the app's resources, who is calling, and a transaction as them."""
+"""Shared request dependencies: the app's resources, who is calling, a transaction as them, and
+pagination; and their `Annotated` aliases, which every route uses:
+
+- `ResourcesDep`: the app's Resources (settings, pools, clients);
+- `CallerDep`: the verified caller (401 without a valid bearer token);
+- `UserConn`: a transaction as the caller (RLS applies). Its scope is "function": the transaction
+  commits when the route returns, before the response is sent, so an answer describes what was
+  committed and a failing commit is answered as an error;
+- `PagingDep`: the page and page_size query parameters.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import asyncpg
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem
+from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from whatsched.api.errors import ApiError
@@ -51,6 +61,9 @@ def resources_of(conn: HTTPConnection) -> Resources:
 
 async def resources(conn: HTTPConnection) -> Resources:  # async: no thread-pool hop per request
     return resources_of(conn)
+
+
+ResourcesDep = Annotated[Resources, Depends(resources)]
 
 
 @dataclass(frozen=True)
@@ -101,7 +114,7 @@ BEARER = HTTPBearer(auto_error=False, description="An access token from POST /ap
 
 async def caller(
     request: Request,
-    res: Resources = Depends(resources),
+    res: ResourcesDep,
     _declared: HTTPAuthorizationCredentials | None = Security(BEARER),
 ) -> Caller:
     token = bearer_token(request)
@@ -115,12 +128,36 @@ async def caller(
     )
 
 
-async def user_conn(
-    who: Caller = Depends(caller), res: Resources = Depends(resources)
-) -> AsyncIterator[asyncpg.Connection]:
+CallerDep = Annotated[Caller, Depends(caller)]
+
+
+async def user_conn(who: CallerDep, res: ResourcesDep) -> AsyncIterator[asyncpg.Connection]:
     """A transaction as the caller: RLS decides what it sees."""
     async with user_tx(res.pool, who.claims) as conn:
         yield conn
+
+
+# scope="function": the transaction ends (commits) when the route returns, before the response is sent.
+UserConn = Annotated[asyncpg.Connection, Depends(user_conn, scope="function")]
+
+
+class PageParams(BaseModel):
+    page: int
+    page_size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
+
+
+async def page_params(
+    page: int = Query(1, ge=1, le=100_000, description="1-based page number"),
+    page_size: int = Query(20, ge=1, le=100, description="items per page (max 100)"),
+) -> PageParams:
+    return PageParams(page=page, page_size=page_size)
+
+
+PagingDep = Annotated[PageParams, Depends(page_params)]
 
 
 async def enforce_limit(res: Resources, item: RateLimitItem, *keys: str, count: bool = True) -> dict[str, str]:

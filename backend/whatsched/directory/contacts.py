@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from whatsched.db.paging import limit_offset
-from whatsched.directory.sql import NAME_ORDER, Args, like, ts
+from whatsched.db.sql import NAME_ORDER, Args, like, ts
 
 # The guide's contact shape (plus opted_out_at), over contacts `c` left-joined to `grp` (groups_of).
 CONTACT_JSON = f"""json_build_object(

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from whatsched.db.paging import limit_offset
-from whatsched.directory.sql import NAME_ORDER, Args, like, ts
+from whatsched.db.sql import NAME_ORDER, Args, like, ts
 
 # The guide's group shape, over a relation aliased `g`.
 GROUP_JSON = f"""json_build_object(

@@ -8,8 +8,8 @@ from uuid import UUID
 import phonenumbers
 from pydantic import BaseModel, EmailStr, Field, field_validator, model_validator
 
-from whatsched.api.common import UtcDateTime
 from whatsched.directory.text import clean_name, clean_text
+from whatsched.models import UtcDateTime
 
 GROUP_NAME_MAX = 100
 GROUP_DESCRIPTION_MAX = 1000

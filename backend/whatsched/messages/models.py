@@ -9,7 +9,7 @@ from uuid import UUID
 from croniter import croniter
 from pydantic import BaseModel, Field, field_validator
 
-from whatsched.api.common import UtcDateTime
+from whatsched.models import UtcDateTime
 
 Status = Literal["draft", "scheduled", "sending", "sent", "paused", "cancelled", "failed"]
 STATUSES: tuple[str, ...] = ("draft", "scheduled", "sending", "sent", "paused", "cancelled", "failed")

@@ -10,17 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
 from whatsched.db.paging import limit_offset
-
-
-def _ts(expr: str) -> str:
-    # ISO 8601 UTC with Z, microseconds kept (what UtcDateTime writes, to the digit count).
-    return f"""to_char({expr} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-
+from whatsched.db.sql import Args, like, ts
 
 # The guide's message shape, over a relation `m` of messages joined by MESSAGE_JOINS. Groups are
 # looked up per row (LATERAL, by index): the plan does not depend on how many rows a page has, so
@@ -30,12 +25,12 @@ def _ts(expr: str) -> str:
 MESSAGE_JSON = f"""json_build_object(
   'id', m.id,
   'content', m.content,
-  'scheduled_for', {_ts("m.scheduled_for")},
+  'scheduled_for', {ts("m.scheduled_for")},
   'status', m.status,
   'groups', grp.groups,
-  'created_at', {_ts("m.created_at")},
-  'updated_at', {_ts("m.updated_at")},
-  'sent_at', {_ts("m.sent_at")},
+  'created_at', {ts("m.created_at")},
+  'updated_at', {ts("m.updated_at")},
+  'sent_at', {ts("m.sent_at")},
   'recipient_count', case when m.status in ('draft', 'scheduled', 'paused') and m.recipient_count = 0
                           then coalesce(aud.recipients, 0)
                           else m.recipient_count end,
@@ -86,18 +81,9 @@ class ListFilters:
     everyone: bool = False  # an admin's scope=all; otherwise the caller's own messages
 
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
 def list_query(f: ListFilters, sort: str, page: int, page_size: int) -> tuple[str, list[Any]]:
     """One statement: the page (with groups and audience) and the total, as JSON text."""
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    arg = Args()
     where: list[str] = []
     counts_where: list[str] = []
     if not f.everyone:
@@ -110,7 +96,7 @@ def list_query(f: ListFilters, sort: str, page: int, page_size: int) -> tuple[st
         counts_where.append(f"c.status = any({p}::text[])")
     exact_total = False
     if f.q:
-        where.append(f"m.content ilike {arg(_like(f.q))}")
+        where.append(f"m.content ilike {arg(like(f.q))}")
         exact_total = True
     for column, op, value in (
         ("scheduled_for", ">=", f.scheduled_from),
@@ -146,7 +132,7 @@ select json_build_object(
   'page', {int(page)}::integer,
   'page_size', {limit}::integer
 )::text"""
-    return sql, args
+    return sql, arg.values
 
 
 async def list_messages(conn: asyncpg.Connection, f: ListFilters, sort: str, page: int, page_size: int) -> str:
@@ -245,6 +231,36 @@ async def delete_message(conn: asyncpg.Connection, message_id: str) -> str | Non
 
 
 # -----------------------------------------------------------------------------------------------
+# Transitions (the database's functions apply the rules and refuse an invalid transition)
+# -----------------------------------------------------------------------------------------------
+
+Transition = Literal["pause", "resume", "cancel"]
+
+# One literal statement per verb: the verb picks the statement, it is never spliced into SQL.
+TRANSITIONS: dict[Transition, str] = {
+    "pause": "select public.pause_message($1::uuid)",
+    "resume": "select public.resume_message($1::uuid)",
+    "cancel": "select public.cancel_message($1::uuid)",
+}
+
+
+async def schedule(conn: asyncpg.Connection, message_id: str, at: datetime | None) -> None:
+    """draft → scheduled, at `at` (None: the time the message already has)."""
+    await conn.execute("select public.schedule_message($1::uuid, $2::timestamptz)", message_id, at)
+
+
+async def transition(conn: asyncpg.Connection, verb: Transition, message_id: str) -> None:
+    """pause, resume or cancel the message."""
+    await conn.execute(TRANSITIONS[verb], message_id)
+
+
+async def duplicate(conn: asyncpg.Connection, message_id: str) -> str:
+    """A new draft with the message's content, groups and recurrence; the copy's id."""
+    copy_id = await conn.fetchval("select id from public.duplicate_message($1::uuid)", message_id)
+    return str(copy_id)
+
+
+# -----------------------------------------------------------------------------------------------
 # Spam facts, preview, stats, dashboard
 # -----------------------------------------------------------------------------------------------
 
@@ -322,25 +338,6 @@ select (public.dashboard_counts($1) || jsonb_build_object(
 async def dashboard_json(conn: asyncpg.Connection, everyone: bool) -> str:
     text: str = await conn.fetchval(DASHBOARD, everyone)
     return text
-
-
-async def is_admin(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("select private.is_admin()"))
-
-
-async def notify(
-    conn: asyncpg.Connection, kind: str, title: str, message: str, entity_type: str, entity_id: str
-) -> None:
-    """A notification for the caller (RLS: a user may only create their own)."""
-    await conn.execute(
-        """insert into public.notifications (type, title, message, related_entity_type, related_entity_id)
-           values ($1, $2, $3, $4, $5::uuid)""",
-        kind,
-        title,
-        message,
-        entity_type,
-        entity_id,
-    )
 
 
 def with_warnings(message_text: str, warnings: list[str]) -> str:

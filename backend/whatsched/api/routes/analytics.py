@@ -12,14 +12,17 @@ from datetime import date, timedelta
 from typing import Literal
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from whatsched.api.common import Page, PageParams, UtcDateTime, audit_action, page_params
-from whatsched.api.deps import Caller, Resources, caller, resources, user_conn
+from whatsched.analytics import queries
+from whatsched.api.common import Page, audit_action
+from whatsched.api.deps import Caller, CallerDep, PagingDep, Resources, ResourcesDep, UserConn
 from whatsched.api.errors import ApiError, responses
 from whatsched.api.routes.health import WhatsAppComponent, check_whatsapp
 from whatsched.api.routes.metrics import SystemFigures, system_figures
+from whatsched.auth.queries import is_admin
+from whatsched.models import UtcDateTime
 
 router = APIRouter(prefix="/api/analytics", tags=["analytics"])
 
@@ -136,15 +139,11 @@ class GroupReach(BaseModel):
 # -----------------------------------------------------------------------------------------------
 
 
-async def _is_admin(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("select private.is_admin()"))
-
-
 async def _widen(conn: asyncpg.Connection, who: Caller, scope: Scope, entity: str) -> bool:
     """True for scope=all, after checking the caller is an admin and auditing the read."""
     if scope != "all":
         return False
-    if not await _is_admin(conn):
+    if not await is_admin(conn):
         raise ApiError(403, "forbidden", "Only an admin can read everyone's analytics.")
     await audit_action(conn, who, "analytics.read_all", "analytics", None, {"view": entity})
     return True
@@ -166,17 +165,18 @@ async def _whatsapp(res: Resources) -> WhatsAppComponent:
 
 @router.get("/dashboard", response_model=Dashboard, responses=responses(401, 403, 422))
 async def dashboard(
+    *,
     scope: Scope = SCOPE,
-    who: Caller = Depends(caller),
-    res: Resources = Depends(resources),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    who: CallerDep,
+    res: ResourcesDep,
+    conn: UserConn,
 ) -> Dashboard:
     """Totals, success rate, the last 30 days, WhatsApp's state and (admins) this process's metrics."""
     whatsapp = asyncio.create_task(_whatsapp(res))  # the bridge answers while Postgres counts
     try:
         everyone = await _widen(conn, who, scope, "dashboard")
-        admin = everyone or await _is_admin(conn)
-        data = await conn.fetchval("select public.analytics_dashboard($1, $2)", everyone, DASHBOARD_DAYS)
+        admin = everyone or await is_admin(conn)
+        data = await queries.dashboard(conn, everyone, DASHBOARD_DAYS)
     except BaseException:
         whatsapp.cancel()
         raise
@@ -193,18 +193,19 @@ async def dashboard(
 
 @router.get("/messages", response_model=MessagesAnalytics, responses=responses(401, 403, 422))
 async def messages(
+    *,
     from_: date | None = Query(
         None, alias="from", description="first day (YYYY-MM-DD, 1970 to 9998); default: 29 days before `to`"
     ),
     to: date | None = Query(None, description="last day, included (YYYY-MM-DD, 1970 to 9998); default: today"),
     scope: Scope = SCOPE,
-    who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    who: CallerDep,
+    conn: UserConn,
 ) -> MessagesAnalytics:
     """Per-day series and per-status counts of messages created in [from, to] (your timezone), and the
     messages with the most recipients."""
     if to is None:
-        to = await conn.fetchval("select (now() at time zone private.caller_timezone())::date")
+        to = await queries.today(conn)
         assert to is not None
     for name, day in (("from", from_), ("to", to)):
         if day is not None and not EARLIEST_DAY <= day <= LATEST_DAY:
@@ -219,20 +220,21 @@ async def messages(
         message = f"covers at most {MAX_RANGE_DAYS} days"
         raise ApiError(422, "validation_error", f"The range {message}.", [{"field": "from", "message": message}])
     everyone = await _widen(conn, who, scope, "messages")
-    data = await conn.fetchval("select public.analytics_messages($1, $2, $3, $4)", first, to, everyone, TOP_MESSAGES)
+    data = await queries.messages(conn, first, to, everyone, TOP_MESSAGES)
     return MessagesAnalytics.model_validate(data)
 
 
 @router.get("/groups", response_model=Page[GroupReach], responses=responses(401, 403, 422))
 async def groups(
+    *,
     scope: Scope = SCOPE,
-    paging: PageParams = Depends(page_params),
-    who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    paging: PagingDep,
+    who: CallerDep,
+    conn: UserConn,
 ) -> Page[GroupReach]:
     """The reach of each group, by name."""
     everyone = await _widen(conn, who, scope, "groups")
-    data = await conn.fetchval("select public.analytics_groups($1, $2, $3)", everyone, paging.page_size, paging.offset)
+    data = await queries.groups(conn, everyone, paging.page_size, paging.offset)
     return Page[GroupReach](
         items=[GroupReach.model_validate(item) for item in data["items"]],
         total=data["total"],

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncpg
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, EmailStr, Field, field_validator
 
 from whatsched import audit
-from whatsched.api.deps import Caller, Resources, caller, count_failure, enforce_limit, resources, user_conn
+from whatsched.api.deps import CallerDep, Resources, ResourcesDep, UserConn, count_failure, enforce_limit
 from whatsched.api.errors import ApiError, responses
-from whatsched.auth import ratelimit
+from whatsched.auth import queries, ratelimit
 from whatsched.auth.client_ip import client_ip
-from whatsched.auth.models import AuthFailure, AuthUser, Profile, Session
+from whatsched.auth.models import AuthFailure, AuthUser, Session
 from whatsched.db.pool import service_tx
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -63,7 +62,7 @@ def _refused(exc: AuthFailure) -> ApiError:
 
 
 @router.post("/login", response_model=Session, responses=ERRORS)
-async def login(body: LoginBody, request: Request, response: Response, res: Resources = Depends(resources)) -> Session:
+async def login(body: LoginBody, request: Request, response: Response, res: ResourcesDep) -> Session:
     ip = client_ip(request, res.settings.trusted_proxies)
     # Failed attempts count, 5 per 15 minutes per IP; a successful login uses none of the budget,
     # so an office behind one address can all log in at 9:00. Once it is spent, every attempt waits.
@@ -83,9 +82,7 @@ async def login(body: LoginBody, request: Request, response: Response, res: Reso
 
 
 @router.post("/refresh", response_model=Session, responses=ERRORS)
-async def refresh(
-    body: RefreshBody, request: Request, response: Response, res: Resources = Depends(resources)
-) -> Session:
+async def refresh(body: RefreshBody, request: Request, response: Response, res: ResourcesDep) -> Session:
     owner = await res.provider.session_user(body.refresh_token)
     try:
         session = await res.provider.refresh(body.refresh_token)
@@ -98,7 +95,7 @@ async def refresh(
 
 
 @router.post("/logout", status_code=204, response_class=Response, responses=ERRORS)
-async def logout(request: Request, who: Caller = Depends(caller), res: Resources = Depends(resources)) -> Response:
+async def logout(request: Request, who: CallerDep, res: ResourcesDep) -> Response:
     """Ends the current session: its refresh token stops working at once. The access token itself
     stays valid until it expires (JWT_EXPIRE_HOURS); clients should drop it."""
     try:
@@ -110,12 +107,8 @@ async def logout(request: Request, who: Caller = Depends(caller), res: Resources
 
 
 @router.get("/me", response_model=AuthUser, responses=ERRORS)
-async def me(
-    response: Response, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> AuthUser:
-    row = await conn.fetchrow(
-        "select display_name, role, timezone, default_country from public.profiles where id = $1::uuid", who.id
-    )
+async def me(response: Response, who: CallerDep, conn: UserConn) -> AuthUser:
+    profile = await queries.profile(conn, who.id)
     response.headers["Cache-Control"] = "private, max-age=300"
     claims = who.claims
     return AuthUser(
@@ -125,7 +118,7 @@ async def me(
         app_metadata=claims.get("app_metadata") or {},
         user_metadata=claims.get("user_metadata") or {},
         is_anonymous=bool(claims.get("is_anonymous", False)),
-        profile=Profile(**dict(row)) if row else None,
+        profile=profile,
     )
 
 
@@ -135,7 +128,7 @@ async def me(
     status_code=201,
     responses=responses(400, 403, 409, 422, 429),
 )
-async def signup(body: SignupBody, request: Request, res: Resources = Depends(resources)) -> AuthUser:
+async def signup(body: SignupBody, request: Request, res: ResourcesDep) -> AuthUser:
     if not res.settings.allow_signup:
         raise ApiError(403, "signup_disabled", "Sign-up is disabled on this server.")
     ip = client_ip(request, res.settings.trusted_proxies)
@@ -150,6 +143,6 @@ async def signup(body: SignupBody, request: Request, res: Resources = Depends(re
 
 
 @jwks_router.get("/auth/v1/.well-known/jwks.json", include_in_schema=False)
-async def jwks(res: Resources = Depends(resources)) -> JSONResponse:
+async def jwks(res: ResourcesDep) -> JSONResponse:
     keys = res.local_key.jwks() if res.local_key else {"keys": []}
     return JSONResponse(keys, headers={"Cache-Control": "public, max-age=600"})

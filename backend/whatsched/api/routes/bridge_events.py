@@ -26,13 +26,14 @@ import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from whatsched.api.deps import Resources, resources
+from whatsched.api.deps import Resources, ResourcesDep
 from whatsched.api.errors import ApiError
 from whatsched.db.pool import service_tx
 from whatsched.dispatcher import notify
+from whatsched.whatsapp import queries
 
 router = APIRouter(prefix="/api/bridge", tags=["bridge"], include_in_schema=False)
 log = logging.getLogger("whatsched.bridge_events")
@@ -90,7 +91,7 @@ def verify(token: str, timestamp: str | None, signature: str | None, raw: bytes,
 
 
 @router.post("/events", status_code=204)
-async def bridge_event(request: Request, res: Resources = Depends(resources)) -> Response:
+async def bridge_event(request: Request, res: ResourcesDep) -> Response:
     raw = await request.body()
     verify(res.settings.bridge_token, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER), raw)
     try:
@@ -115,17 +116,7 @@ async def bridge_event(request: Request, res: Resources = Depends(resources)) ->
 
 async def _apply_ack(res: Resources, event: MessageAck) -> None:
     async with service_tx(res.pool) as conn:
-        rows = await conn.fetch(
-            "select message_id, previous_state from private.apply_ack($1, $2, $3, coalesce($4, now()))",
-            event.whatsapp_message_id,
-            event.idempotency_key,
-            event.ack,
-            event.at,
-        )
-        for row in rows:
-            if row["previous_state"] in ("pending", "sending"):
-                # The worker still counted this delivery as open: let it finish the message.
-                await conn.execute("select pg_notify('whatsched_dispatch', $1::text)", str(row["message_id"]))
+        await queries.apply_ack(conn, event.whatsapp_message_id, event.idempotency_key, event.ack, event.at)
 
 
 async def _relay_status(res: Resources, event: WhatsAppStatus) -> None:
@@ -136,10 +127,8 @@ async def _relay_status(res: Resources, event: WhatsAppStatus) -> None:
     if event.status == "qr_needed":
         frame["qr_code"] = event.qr_code
     async with service_tx(res.pool) as conn:
-        previous = await conn.fetchval(
-            "select private.record_whatsapp_status($1, $2, $3)", event.status, event.phone, event.last_error
-        )
-        await conn.execute("select private.broadcast($1::jsonb, 'whatsapp_status', 'whatsapp')", frame)
+        previous = await queries.record_status(conn, event.status, event.phone, event.last_error)
+        await queries.broadcast_status(conn, frame)
         if event.status == "disconnected" and previous != "disconnected":
             told = await notify.disconnected(conn, event.last_error)
             log.warning("WhatsApp disconnected (%s); %s user(s) notified", event.last_error or "no reason given", told)

@@ -14,15 +14,15 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from whatsched import phones
-from whatsched.api.common import PageParams, audit_action, page_params
-from whatsched.api.deps import Caller, caller, user_conn
+from whatsched.api.common import audit_action
+from whatsched.api.deps import CallerDep, PagingDep, UserConn
 from whatsched.api.errors import ApiError, responses
+from whatsched.auth.queries import is_admin
 from whatsched.directory import contacts
 from whatsched.directory.models import Contact, ContactCreate, ContactPage, ContactSort, ContactUpdate
-from whatsched.directory.sql import is_admin
 
 router = APIRouter(prefix="/api/contacts", tags=["contacts"])
 
@@ -85,14 +85,15 @@ async def _contact_or_404(conn: asyncpg.Connection, contact_id: str) -> str:
 
 @router.get("", response_model=ContactPage, responses=responses(401, 403, 422))
 async def list_contacts(
+    *,
     q: str | None = Query(None, max_length=200, description="Text in the name or email, or digits of the phone"),
     is_active: bool | None = Query(None),
     group_id: UUID | None = Query(None, description="Only members of this group"),
     sort: ContactSort = Query("name", description="name sorts case-insensitively; ties keep a stable order"),
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's contacts (admins only)"),
-    paging: PageParams = Depends(page_params),
-    who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    paging: PagingDep,
+    who: CallerDep,
+    conn: UserConn,
 ) -> Response:
     """Your contacts with their group ids, by name unless `sort` says otherwise."""
     filters = contacts.ContactFilters(q=q or None, is_active=is_active, group_id=str(group_id) if group_id else None)
@@ -107,9 +108,7 @@ async def list_contacts(
 
 
 @router.post("", response_model=Contact, status_code=201, responses=responses(400, 401, 404, 409, 422))
-async def create_contact(
-    body: ContactCreate, conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def create_contact(body: ContactCreate, conn: UserConn) -> Response:
     """A new contact. 422 invalid_phone says why a number is refused; 409 duplicate_phone when you
     already have a contact with that number; 404 related_not_found for group ids that are not yours."""
     phone = await _phone(conn, body.phone, body.default_country)
@@ -131,15 +130,13 @@ async def create_contact(
     response_model=Contact,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
-async def get_contact(contact_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
+async def get_contact(contact_id: UUID, conn: UserConn) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
     return _json(await _contact_or_404(conn, str(contact_id)))
 
 
 @router.put("/{contact_id}", response_model=Contact, responses=responses(400, 401, 404, 409, 422))
-async def update_contact(
-    contact_id: UUID, body: ContactUpdate, conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def update_contact(contact_id: UUID, body: ContactUpdate, conn: UserConn) -> Response:
     """Partial update: only the fields present change. group_ids replaces the contact's groups;
     opted_out true marks that the contact asked not to be messaged (it is then never sent to)."""
     cid = str(contact_id)
@@ -163,9 +160,7 @@ async def update_contact(
 
 
 @router.delete("/{contact_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
-async def delete_contact(
-    contact_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def delete_contact(contact_id: UUID, who: CallerDep, conn: UserConn) -> Response:
     """Deletes the contact and its memberships; its groups' contact_count drops accordingly."""
     if not await contacts.delete_contact(conn, str(contact_id)):
         raise _not_found(str(contact_id))

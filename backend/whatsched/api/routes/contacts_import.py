@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from whatsched.api.deps import Caller, Resources, caller, resources
+from whatsched.api.deps import CallerDep, ResourcesDep
 from whatsched.api.errors import ApiError, responses
 from whatsched.imports import phone_pool, service, upload
 from whatsched.imports.refusal import ImportRefused
@@ -125,9 +125,7 @@ def _options(form: upload.Upload) -> service.ImportOptions:
     },
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": UPLOAD_SCHEMA}}}},
 )
-async def import_contacts(
-    request: Request, who: Caller = Depends(caller), res: Resources = Depends(resources)
-) -> JSONResponse:
+async def import_contacts(request: Request, who: CallerDep, res: ResourcesDep) -> JSONResponse:
     """All or nothing: every valid row is written in one transaction, or none is. Refusals: 422
     `unsupported_file` / `unreadable_file` / `no_phone_column` / `sheet_not_found`; 413
     `file_too_large` / `too_many_rows` / `zip_bomb`; 404 `related_not_found` for a group that is

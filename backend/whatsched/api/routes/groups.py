@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-import asyncpg
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 
-from whatsched.api.common import PageParams, audit_action, page_params
-from whatsched.api.deps import Caller, Resources, caller, resources, user_conn
+from whatsched.api.common import audit_action
+from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
+from whatsched.auth.queries import is_admin
 from whatsched.db.pool import user_tx
 from whatsched.directory import contacts, groups
 from whatsched.directory.models import (
@@ -30,7 +30,6 @@ from whatsched.directory.models import (
     MembersAdd,
     MembersAdded,
 )
-from whatsched.directory.sql import is_admin
 from whatsched.rules import rate_limit_status
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
@@ -54,12 +53,13 @@ def _not_found(group_id: str) -> ApiError:
 
 @router.get("", response_model=GroupPage, responses=responses(401, 403, 422))
 async def list_groups(
+    *,
     q: str | None = Query(None, max_length=200, description="Text in the name (case-insensitive)"),
     sort: GroupSort = Query("name", description="name sorts case-insensitively; ties keep a stable order"),
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's groups (admins only)"),
-    paging: PageParams = Depends(page_params),
-    who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    paging: PagingDep,
+    who: CallerDep,
+    conn: UserConn,
 ) -> Response:
     """Your groups, by name unless `sort` says otherwise."""
     filters = groups.GroupFilters(q=q or None)
@@ -72,9 +72,7 @@ async def list_groups(
 
 
 @router.post("", response_model=Group, status_code=201, responses=responses(400, 401, 409, 422, 429))
-async def create_group(
-    body: GroupCreate, who: Caller = Depends(caller), res: Resources = Depends(resources)
-) -> Response:
+async def create_group(body: GroupCreate, who: CallerDep, res: ResourcesDep) -> Response:
     """A new, empty group. Names are unique per user regardless of case (409 duplicate_group_name).
     Limited to 5 per minute per user, counted by the database for every caller (429 with
     Retry-After; X-RateLimit-* headers tell how many remain). Only groups created count."""
@@ -94,7 +92,7 @@ async def create_group(
     response_model=Group,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
-async def get_group(group_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
+async def get_group(group_id: UUID, conn: UserConn) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
     text = await groups.group_json(conn, str(group_id))
     if text is None:
@@ -103,9 +101,7 @@ async def get_group(group_id: UUID, conn: asyncpg.Connection = Depends(user_conn
 
 
 @router.put("/{group_id}", response_model=Group, responses=responses(400, 401, 404, 409, 422))
-async def update_group(
-    group_id: UUID, body: GroupUpdate, conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def update_group(group_id: UUID, body: GroupUpdate, conn: UserConn) -> Response:
     """Partial update of name and description (409 duplicate_group_name when the name is taken)."""
     sent = body.model_fields_set
     changes: dict[str, str] = {}
@@ -120,9 +116,7 @@ async def update_group(
 
 
 @router.delete("/{group_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
-async def delete_group(
-    group_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def delete_group(group_id: UUID, who: CallerDep, conn: UserConn) -> Response:
     """Deletes the group and its memberships (the contacts stay); messages no longer target it."""
     gone = await groups.delete_group(conn, str(group_id))
     if gone is None:
@@ -145,12 +139,13 @@ async def delete_group(
 
 @router.get("/{group_id}/contacts", response_model=ContactPage, responses=responses(401, 404, 422))
 async def list_members(
+    *,
     group_id: UUID,
     q: str | None = Query(None, max_length=200, description="Text in the name or email, or digits of the phone"),
     is_active: bool | None = Query(None),
     sort: ContactSort = Query("name"),
-    paging: PageParams = Depends(page_params),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    paging: PagingDep,
+    conn: UserConn,
 ) -> Response:
     """The group's contacts, with the same filters and sorts as GET /api/contacts."""
     filters = contacts.ContactFilters(q=q or None, is_active=is_active, member_of=str(group_id))
@@ -169,9 +164,7 @@ async def list_members(
         200: {"model": MembersAdded, "description": "Every contact was a member already"},
     },
 )
-async def add_members(
-    group_id: UUID, body: MembersAdd, conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def add_members(group_id: UUID, body: MembersAdd, conn: UserConn) -> Response:
     """Adds up to 1000 of your contacts at once (201; 200 when all were members already). When any
     id is not one of your contacts nothing is added: 404 related_not_found lists each such id."""
     requested = [str(c) for c in body.contact_ids]
@@ -197,9 +190,7 @@ async def add_members(
 @router.delete(
     "/{group_id}/contacts/{contact_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422)
 )
-async def remove_member(
-    group_id: UUID, contact_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def remove_member(group_id: UUID, contact_id: UUID, conn: UserConn) -> Response:
     """Removes the contact from the group (the contact itself stays). 404 member_not_found when it
     was not a member."""
     group_found, removed = await groups.remove_member(conn, str(group_id), str(contact_id))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from whatsched import __version__
-from whatsched.api.deps import Resources, resources
+from whatsched.api.deps import Resources, ResourcesDep
 from whatsched.bridge_client import BridgeError
+from whatsched.db.health import ping
 
 router = APIRouter(prefix="/api/health", tags=["health"])
 
@@ -45,8 +46,7 @@ def _ms(start: float) -> float:
 async def check_db(res: Resources) -> Component:
     start = time.perf_counter()
     try:
-        async with res.pool.acquire(timeout=3) as conn:
-            await conn.fetchval("select 1", timeout=3)
+        await ping(res.pool, within_s=3)
     except Exception as exc:  # any failure means the database is not usable
         return Component(status="down", latency_ms=_ms(start), detail=type(exc).__name__)
     return Component(status="ok", latency_ms=_ms(start))
@@ -92,7 +92,7 @@ def _answer(model: BaseModel, healthy: bool) -> JSONResponse:
 
 
 @router.get("", response_model=Health, responses={503: {"model": Health}})
-async def health(res: Resources = Depends(resources)) -> JSONResponse:
+async def health(res: ResourcesDep) -> JSONResponse:
     db = await check_db(res)
     whatsapp = await check_whatsapp(res)
     redis_state = await check_redis(res)
@@ -111,18 +111,18 @@ async def health(res: Resources = Depends(resources)) -> JSONResponse:
 
 
 @router.get("/db", response_model=Component, responses={503: {"model": Component}})
-async def health_db(res: Resources = Depends(resources)) -> JSONResponse:
+async def health_db(res: ResourcesDep) -> JSONResponse:
     db = await check_db(res)
     return _answer(db, db.status == "ok")
 
 
 @router.get("/whatsapp", response_model=WhatsAppComponent, responses={503: {"model": WhatsAppComponent}})
-async def health_whatsapp(res: Resources = Depends(resources)) -> JSONResponse:
+async def health_whatsapp(res: ResourcesDep) -> JSONResponse:
     state = await check_whatsapp(res)
     return _answer(state, state.status != "unreachable")
 
 
 @router.get("/redis", response_model=Component, responses={503: {"model": Component}})
-async def health_redis(res: Resources = Depends(resources)) -> JSONResponse:
+async def health_redis(res: ResourcesDep) -> JSONResponse:
     state = await check_redis(res)
     return _answer(state, state.status != "down")

@@ -14,11 +14,12 @@ from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 
-from whatsched.api.common import PageParams, audit_action, page_params
-from whatsched.api.deps import Caller, Resources, caller, resources, user_conn
+from whatsched.api.common import audit_action
+from whatsched.api.deps import Caller, CallerDep, PagingDep, Resources, ResourcesDep, UserConn
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
+from whatsched.auth.queries import is_admin
 from whatsched.bridge_client import BridgeError
 from whatsched.content import render
 from whatsched.db.pool import user_tx
@@ -36,6 +37,8 @@ from whatsched.messages.models import (
     Sort,
     Stats,
 )
+from whatsched.notifications import texts
+from whatsched.notifications.queries import notify
 from whatsched.rules import rate_limit_status
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
@@ -97,6 +100,7 @@ def _statuses(values: list[str] | None) -> list[str]:
 
 @router.get("", response_model=MessagePage, responses=responses(401, 403, 422))
 async def list_messages(
+    *,
     status: list[str] | None = Query(None, description="Repeat or comma-separate: draft,scheduled,..."),
     q: str | None = Query(None, max_length=200, description="Text in the content (case-insensitive)"),
     scheduled_from: datetime | None = Query(None, alias="from", description="scheduled_for ≥ this"),
@@ -106,9 +110,9 @@ async def list_messages(
     group_id: UUID | None = Query(None),
     sort: Sort = Query("-created_at"),
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's messages (admins only)"),
-    paging: PageParams = Depends(page_params),
-    who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    paging: PagingDep,
+    who: CallerDep,
+    conn: UserConn,
 ) -> Response:
     """Your messages, newest first by default. Times without offset are read in your timezone."""
     filters = queries.ListFilters(statuses=_statuses(status), q=q or None, group_id=str(group_id) if group_id else None)
@@ -116,7 +120,7 @@ async def list_messages(
         conn, scheduled_from, scheduled_to, created_from, created_to
     )
     if scope == "all":
-        if not await queries.is_admin(conn):
+        if not await is_admin(conn):
             raise ApiError(403, "forbidden", "Only an admin can list every user's messages.")
         filters.everyone = True
         await audit_action(conn, who, "message.read_all", "message", None, {"q": q or ""})
@@ -125,9 +129,7 @@ async def list_messages(
 
 
 @router.post("", response_model=Message, status_code=201, responses=responses(400, 401, 404, 422))
-async def create_message(
-    body: MessageCreate, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def create_message(body: MessageCreate, who: CallerDep, conn: UserConn) -> Response:
     """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found. The
     database cleans the content and checks the send time (20261129000400_content_rules)."""
     (at,) = await queries.localize(conn, body.scheduled_for)
@@ -140,14 +142,15 @@ async def create_message(
 # Declared before /{message_id} so "dashboard" is never read as an id.
 @router.get("/dashboard", response_model=Dashboard, responses=responses(401, 403, 422))
 async def dashboard(
+    *,
     scope: Literal["mine", "all"] = Query("mine", description="all: every user (admins only)"),
-    who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    who: CallerDep,
+    conn: UserConn,
 ) -> Response:
     """public.dashboard_counts plus sends and failures per day over the last 30 days."""
     everyone = scope == "all"
     if everyone:
-        if not await queries.is_admin(conn):
+        if not await is_admin(conn):
             raise ApiError(403, "forbidden", "Only an admin can read everyone's dashboard.")
         await audit_action(conn, who, "analytics.read_all", "dashboard", None, {"route": "/api/messages/dashboard"})
     return _json(await queries.dashboard_json(conn, everyone))
@@ -163,7 +166,7 @@ async def dashboard(
     response_model=Message,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
-async def get_message(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
+async def get_message(message_id: UUID, conn: UserConn) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
     return _json(await _message_or_404(conn, str(message_id)))
 
@@ -172,8 +175,8 @@ async def get_message(message_id: UUID, conn: asyncpg.Connection = Depends(user_
 async def update_message(
     message_id: UUID,
     body: MessageUpdate,
-    who: Caller = Depends(caller),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    who: CallerDep,
+    conn: UserConn,
 ) -> Response:
     """Partial update of content, group_ids, scheduled_for and recurrence. Only draft, scheduled
     and paused messages can be edited (409 not_editable otherwise)."""
@@ -196,9 +199,7 @@ async def update_message(
 
 
 @router.delete("/{message_id}", status_code=204, response_class=Response, responses=responses(401, 404, 409, 422))
-async def delete_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def delete_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
     """Refused while sending (409 message_sending): pause or cancel it first."""
     mid = str(message_id)
     was = await queries.delete_message(conn, mid)
@@ -229,10 +230,11 @@ async def _whatsapp_connected(res: Resources) -> bool:
     responses=responses(400, 401, 404, 409, 422, 429),
 )
 async def schedule_message(
+    *,
     message_id: UUID,
     body: ScheduleBody | None = Body(None),
-    who: Caller = Depends(caller),
-    res: Resources = Depends(resources),
+    who: CallerDep,
+    res: ResourcesDep,
 ) -> Response:
     """draft → scheduled. The database applies the rules: 10 per minute per user (429 with
     Retry-After), the send time, and the spam guard (422 spam_suspected naming the rules). When
@@ -243,27 +245,19 @@ async def schedule_message(
     connected = await _whatsapp_connected(res)
     async with user_tx(res.pool, who.claims) as conn:
         (at,) = await queries.localize(conn, body.scheduled_for if body else None)
-        await conn.execute("select public.schedule_message($1::uuid, $2::timestamptz)", mid, at)
+        await queries.schedule(conn, mid, at)
         limit_headers = rate_limit_headers(await rate_limit_status(conn, "schedule"))
         warnings = [] if connected else ["whatsapp_disconnected"]
         if not connected:
-            await queries.notify(
-                conn,
-                "warning",
-                "WhatsApp desconectado",
-                "El mensaje quedó programado, pero WhatsApp no está conectado: conéctalo antes de la hora de envío.",
-                "message",
-                mid,
-            )
+            await notify(conn, texts.SCHEDULED_WHILE_DISCONNECTED, "message", mid)
         await audit_action(conn, who, "message.schedule", "message", mid, {"warnings": warnings})
         text = await _message_or_404(conn, mid)
     return _json(queries.with_warnings(text, warnings), headers=limit_headers)
 
 
-async def _transition(conn: asyncpg.Connection, who: Caller, message_id: UUID, verb: str) -> str:
+async def _transition(conn: asyncpg.Connection, who: Caller, message_id: UUID, verb: queries.Transition) -> str:
     mid = str(message_id)
-    # verb is one of our four literals, never user input.
-    await conn.execute(f"select public.{verb}_message($1::uuid)", mid)
+    await queries.transition(conn, verb, mid)
     await audit_action(conn, who, f"message.{verb}", "message", mid)
     return await _message_or_404(conn, mid)
 
@@ -272,37 +266,29 @@ TRANSITION_ERRORS = responses(401, 404, 409, 422)
 
 
 @router.post("/{message_id}/pause", response_model=Message, responses=TRANSITION_ERRORS)
-async def pause_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def pause_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
     """scheduled | sending → paused (409 invalid_transition otherwise)."""
     return _json(await _transition(conn, who, message_id, "pause"))
 
 
 @router.post("/{message_id}/resume", response_model=Message, responses=TRANSITION_ERRORS)
-async def resume_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def resume_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
     """paused → scheduled (nothing sent yet) or sending (409 invalid_transition otherwise)."""
     return _json(await _transition(conn, who, message_id, "resume"))
 
 
 @router.post("/{message_id}/cancel", response_model=Message, responses=TRANSITION_ERRORS)
-async def cancel_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def cancel_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
     """draft | scheduled | paused | sending → cancelled; pending deliveries are cancelled too."""
     return _json(await _transition(conn, who, message_id, "cancel"))
 
 
 @router.post("/{message_id}/duplicate", response_model=Message, status_code=201, responses=TRANSITION_ERRORS)
-async def duplicate_message(
-    message_id: UUID, who: Caller = Depends(caller), conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
+async def duplicate_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
     """A new draft with the same content, groups and recurrence."""
-    copy_id = await conn.fetchval("select id from public.duplicate_message($1::uuid)", str(message_id))
-    await audit_action(conn, who, "message.duplicate", "message", str(copy_id), {"source": str(message_id)})
-    return _json(await _message_or_404(conn, str(copy_id)), 201)
+    copy_id = await queries.duplicate(conn, str(message_id))
+    await audit_action(conn, who, "message.duplicate", "message", copy_id, {"source": str(message_id)})
+    return _json(await _message_or_404(conn, copy_id), 201)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -313,7 +299,7 @@ async def duplicate_message(
 @router.get("/{message_id}/preview", response_model=Preview, responses=MESSAGE_ERRORS)
 async def preview_message(
     message_id: UUID,
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    conn: UserConn,
 ) -> Response:
     """Who the message reaches now (de-duplicated by phone), who is left out and why, the text a
     sample of up to 10 recipients will receive, and the spam guard's verdict."""
@@ -340,7 +326,7 @@ async def preview_message(
 
 
 @router.get("/{message_id}/stats", response_model=Stats, responses=MESSAGE_ERRORS)
-async def message_stats(message_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Response:
+async def message_stats(message_id: UUID, conn: UserConn) -> Response:
     """Deliveries per state, success rate, first/last send and a per-minute timeline (UTC minutes)."""
     text = await queries.stats_json(conn, str(message_id))
     if text is None:

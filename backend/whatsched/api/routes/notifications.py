@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-import asyncpg
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
-from whatsched.api.common import Page, PageParams, UtcDateTime, page_params
-from whatsched.api.deps import user_conn
+from whatsched.api.common import Page
+from whatsched.api.deps import PagingDep, UserConn
 from whatsched.api.errors import ApiError, responses
+from whatsched.models import UtcDateTime
+from whatsched.notifications import queries
+from whatsched.notifications.texts import NotificationType
 
 router = APIRouter(prefix="/api/notifications", tags=["notifications"])
-
-NotificationType = Literal["success", "error", "warning", "info"]
 
 
 class Notification(BaseModel):
@@ -44,81 +44,45 @@ class Updated(BaseModel):
     updated: int
 
 
-COLUMNS = "id::text, type, title, message, is_read, related_entity_type, related_entity_id::text, created_at"
-
-
 def _not_found(notification_id: UUID) -> ApiError:
     return ApiError(404, "notification_not_found", f"Notification {notification_id} was not found.")
 
 
 @router.get("", response_model=Page[Notification], responses=responses(401, 422))
 async def list_notifications(
+    *,
     is_read: bool | None = Query(None, description="only read (true) or unread (false) notifications"),
     type: NotificationType | None = Query(None, description="only this type"),
-    paging: PageParams = Depends(page_params),
-    conn: asyncpg.Connection = Depends(user_conn, scope="function"),
+    paging: PagingDep,
+    conn: UserConn,
 ) -> Page[Notification]:
     """Newest first."""
-    rows = await conn.fetch(
-        f"""select {COLUMNS}, count(*) over () as total
-            from public.notifications
-            where user_id = (select auth.uid())
-              and ($1::boolean is null or is_read = $1) and ($2::text is null or type = $2)
-            order by created_at desc, id desc
-            limit $3 offset $4""",
-        is_read,
-        type,
-        paging.page_size,
-        paging.offset,
-    )
-    if rows:
-        total = int(rows[0]["total"])
-    else:  # past the last page: the window count has no row to ride on
-        total = await conn.fetchval(
-            """select count(*) from public.notifications
-               where user_id = (select auth.uid())
-                 and ($1::boolean is null or is_read = $1) and ($2::text is null or type = $2)""",
-            is_read,
-            type,
-        )
+    rows, total = await queries.inbox_page(conn, is_read, type, paging.page_size, paging.offset)
     items = [Notification(**{k: v for k, v in row.items() if k != "total"}) for row in rows]
     return Page[Notification](items=items, total=total, page=paging.page, page_size=paging.page_size)
 
 
 # Declared before /{notification_id} routes; the literal path wins for GET anyway.
 @router.get("/unread-count", response_model=UnreadCount, responses=responses(401))
-async def unread_count(conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> UnreadCount:
-    count = await conn.fetchval(
-        "select count(*) from public.notifications where user_id = (select auth.uid()) and not is_read"
-    )
-    return UnreadCount(count=count)
+async def unread_count(conn: UserConn) -> UnreadCount:
+    return UnreadCount(count=await queries.unread_count(conn))
 
 
 @router.post("/mark-all-read", response_model=Updated, responses=responses(401))
-async def mark_all_read(conn: asyncpg.Connection = Depends(user_conn, scope="function")) -> Updated:
-    status = await conn.execute(
-        "update public.notifications set is_read = true where user_id = (select auth.uid()) and not is_read"
-    )
-    return Updated(updated=int(status.split()[-1]))
+async def mark_all_read(conn: UserConn) -> Updated:
+    return Updated(updated=await queries.mark_all_read(conn))
 
 
 @router.post("/mark-read/{notification_id}", response_model=Notification, responses=responses(401, 404, 422))
-async def mark_read(
-    notification_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Notification:
-    row = await conn.fetchrow(
-        f"update public.notifications set is_read = true where id = $1 returning {COLUMNS}", notification_id
-    )
+async def mark_read(notification_id: UUID, conn: UserConn) -> Notification:
+    row = await queries.mark_read(conn, notification_id)
     if row is None:
         raise _not_found(notification_id)
     return Notification(**dict(row))
 
 
 @router.delete("/{notification_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
-async def delete_notification(
-    notification_id: UUID, conn: asyncpg.Connection = Depends(user_conn, scope="function")
-) -> Response:
-    deleted = await conn.fetchval("delete from public.notifications where id = $1 returning id", notification_id)
-    if deleted is None:
+async def delete_notification(notification_id: UUID, conn: UserConn) -> Response:
+    if not await queries.delete(conn, notification_id):
         raise _not_found(notification_id)
     return Response(status_code=204)

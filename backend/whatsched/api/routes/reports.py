@@ -20,15 +20,18 @@ from typing import IO, Any, Literal
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from openpyxl import Workbook
 from starlette.concurrency import run_in_threadpool
 
-from whatsched.api.common import audit_action, utc_iso
-from whatsched.api.deps import Caller, Resources, caller, resources
+from whatsched.api.common import audit_action
+from whatsched.api.deps import Caller, CallerDep, Resources, ResourcesDep
 from whatsched.api.errors import ApiError, responses
+from whatsched.auth.queries import is_admin
 from whatsched.db.pool import user_tx
+from whatsched.models import utc_iso
+from whatsched.reports import queries
 
 router = APIRouter(prefix="/api/reports", tags=["reports"])
 
@@ -45,39 +48,8 @@ CHUNK = 64 * 1024
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # A whole signed number cannot carry a formula; left as is, phones (+56912345678) stay importable.
 PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
-
-# The rows of each report: the caller's own unless $1 (scope=all), created within [$2, $3] days in
-# the caller's timezone when given.
-_DAY_FILTER = """($2::date is null or {t}.created_at >= ($2::date::timestamp at time zone private.caller_timezone()))
-  and ($3::date is null or {t}.created_at < (($3::date + 1)::timestamp at time zone private.caller_timezone()))"""
-
-QUERIES: dict[str, str] = {
-    "messages": f"""
-select m.id, m.content, m.status, m.scheduled_for, m.sent_at, m.recipient_count, m.delivered_count,
-       m.failed_count,
-       coalesce((select string_agg(g.name, '; ' order by g.name)
-                 from public.message_groups mg join public.groups g on g.id = mg.group_id
-                 where mg.message_id = m.id), '') as groups,
-       m.created_by, m.created_at, m.updated_at
-from public.messages m
-where ($1 or m.created_by = (select auth.uid())) and {_DAY_FILTER.format(t="m")}
-order by m.created_at, m.id""",
-    "deliveries": f"""
-select d.id, d.message_id, d.contact_name, d.phone, d.state, d.attempts, d.last_error_code, d.last_error,
-       d.sent_at, d.delivered_at, d.read_at, d.failed_at, d.created_by, d.created_at
-from public.deliveries d
-where ($1 or d.created_by = (select auth.uid())) and {_DAY_FILTER.format(t="d")}
-order by d.created_at, d.id""",
-    "contacts": f"""
-select c.id, c.name, c.phone, c.email, c.is_active, c.opted_out_at,
-       coalesce((select string_agg(g.name, '; ' order by g.name)
-                 from public.group_contacts gc join public.groups g on g.id = gc.group_id
-                 where gc.contact_id = c.id), '') as groups,
-       c.created_by, c.created_at, c.updated_at
-from public.contacts c
-where ($1 or c.created_by = (select auth.uid())) and {_DAY_FILTER.format(t="c")}
-order by c.created_at, c.id""",
-}
+# What the report's rows are filtered by: everyone (scope=all), first day, last day.
+ReportArgs = tuple[bool, date | None, date | None]
 
 
 def neutralise(text: str) -> str:
@@ -120,33 +92,27 @@ def csv_chunk(rows: list[list[str]]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-async def open_cursor(conn: asyncpg.Connection, query: str, args: tuple[Any, ...]) -> tuple[list[str], Any]:
-    """A server-side cursor, and the column names (known even when there is no row)."""
-    statement = await conn.prepare(query)
-    return [a.name for a in statement.get_attributes()], await statement.cursor(*args)
-
-
-async def stream_csv(res: Resources, who: Caller, query: str, args: tuple[Any, ...]) -> AsyncIterator[bytes]:
+async def stream_csv(res: Resources, who: Caller, kind: str, args: ReportArgs) -> AsyncIterator[bytes]:
     """Its own transaction, opened when the download starts and closed when it ends or is dropped."""
     async with user_tx(res.pool, who.claims) as conn:
-        columns, cursor = await open_cursor(conn, query, args)
+        report = await queries.open_report(conn, kind, *args)
         # A BOM so Excel reads the file as UTF-8 (names with accents).
-        yield "\ufeff".encode() + csv_chunk([header(columns)])
-        while rows := await cursor.fetch(BATCH):
+        yield "\ufeff".encode() + csv_chunk([header(report.columns)])
+        while rows := await report.batch(BATCH):
             yield csv_chunk([[csv_cell(v) for v in row.values()] for row in rows])
 
 
-async def build_xlsx(conn: asyncpg.Connection, kind: str, query: str, args: tuple[Any, ...]) -> IO[bytes]:
+async def build_xlsx(conn: asyncpg.Connection, kind: str, args: ReportArgs) -> IO[bytes]:
     book = Workbook(write_only=True)
     sheet = book.create_sheet(kind)
-    columns, cursor = await open_cursor(conn, query, args)
-    sheet.append(header(columns))
+    report = await queries.open_report(conn, kind, *args)
+    sheet.append(header(report.columns))
 
     def append(batch: list[asyncpg.Record]) -> None:
         for row in batch:
             sheet.append([xlsx_cell(v) for v in row.values()])
 
-    while rows := await cursor.fetch(BATCH):
+    while rows := await report.batch(BATCH):
         await run_in_threadpool(append, rows)  # openpyxl is pure Python: keep the event loop free
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # closed by read_chunks
     await run_in_threadpool(book.save, spool)
@@ -173,13 +139,14 @@ def read_chunks(spool: IO[bytes]) -> Iterator[bytes]:
     },
 )
 async def export(
+    *,
     format: Format = Query("csv", description="csv or xlsx"),
     type: ReportType = Query("messages", description="what to export (default: messages)"),
     from_: date | None = Query(None, alias="from", description="first day of creation (YYYY-MM-DD, your timezone)"),
     to: date | None = Query(None, description="last day of creation, included"),
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's rows (admins only)"),
-    who: Caller = Depends(caller),
-    res: Resources = Depends(resources),
+    who: CallerDep,
+    res: ResourcesDep,
 ) -> StreamingResponse:
     """Download messages, deliveries or contacts. Times are UTC; text that could run as a spreadsheet
     formula starts with a single quote."""
@@ -188,20 +155,20 @@ async def export(
             422, "validation_error", "`from` is after `to`.", [{"field": "from", "message": "must not be after to"}]
         )
     everyone = scope == "all"
-    query, args = QUERIES[type], (everyone, from_, to)
+    args: ReportArgs = (everyone, from_, to)
     # Short transactions, one after another, rather than user_conn: the audit must commit even if the
     # download is dropped, and the CSV stream needs its transaction for as long as the client reads.
     async with user_tx(res.pool, who.claims) as conn:
-        if everyone and not await conn.fetchval("select private.is_admin()"):
+        if everyone and not await is_admin(conn):
             raise ApiError(403, "forbidden", "Only an admin can export everyone's data.")
         details = {"type": type, "format": format, "from": str(from_ or ""), "to": str(to or ""), "scope": scope}
         await audit_action(conn, who, "report.export", "report", type, details)
     filename = f"whatsched-{type}-{datetime.now(UTC).date().isoformat()}.{format}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"}
     if format == "csv":
-        return StreamingResponse(stream_csv(res, who, query, args), media_type=CONTENT_TYPES["csv"], headers=headers)
+        return StreamingResponse(stream_csv(res, who, type, args), media_type=CONTENT_TYPES["csv"], headers=headers)
     async with user_tx(res.pool, who.claims) as conn:
-        spool = await build_xlsx(conn, type, query, args)
+        spool = await build_xlsx(conn, type, args)
     headers["Content-Length"] = str(spool.seek(0, io.SEEK_END))
     spool.seek(0)
     return StreamingResponse(read_chunks(spool), media_type=CONTENT_TYPES["xlsx"], headers=headers)

@@ -18,12 +18,13 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import httpx
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, field_validator
 
-from whatsched.api.deps import Caller, Resources, caller, resources
+from whatsched.api.deps import CallerDep, ResourcesDep
 from whatsched.api.errors import responses
 from whatsched.db.pool import user_tx
+from whatsched.sync import queries
 
 router = APIRouter(prefix="/api", tags=["sync"])
 
@@ -99,19 +100,14 @@ def _body(response: httpx.Response) -> Any:
 async def sync(
     payload: SyncRequest,
     request: Request,
-    who: Caller = Depends(caller),
-    res: Resources = Depends(resources),
+    who: CallerDep,
+    res: ResourcesDep,
 ) -> SyncResponse:
     """Apply queued operations in order, as you; replayed client_op_ids return their stored result."""
     ids = list({op.client_op_id for op in payload.operations})
     # Short transactions rather than user_conn: no connection is held while an operation runs (each takes its own).
     async with user_tx(res.pool, who.claims) as conn:
-        rows = await conn.fetch(
-            """select client_op_id, status, body from public.sync_operations
-               where user_id = (select auth.uid()) and client_op_id = any($1::text[])""",
-            ids,
-        )
-    done: dict[str, tuple[int, Any]] = {r["client_op_id"]: (r["status"], r["body"]) for r in rows}
+        done = await queries.stored_answers(conn, ids)
 
     headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name)) is not None}
     peer = (request.client.host, request.client.port) if request.client else ("127.0.0.1", 0)
@@ -130,14 +126,7 @@ async def sync(
             status, body = answer.status_code, _body(answer)
             if storable(status):
                 async with user_tx(res.pool, who.claims) as conn:
-                    await conn.execute(
-                        """insert into public.sync_operations (user_id, client_op_id, status, body)
-                           values ((select auth.uid()), $1, $2, $3)
-                           on conflict (user_id, client_op_id) do nothing""",
-                        op.client_op_id,
-                        status,
-                        body,
-                    )
+                    await queries.store_answer(conn, op.client_op_id, status, body)
                 done[op.client_op_id] = (status, body)
             results.append(SyncResult(client_op_id=op.client_op_id, status=status, body=body, replayed=False))
     return SyncResponse(results=results)

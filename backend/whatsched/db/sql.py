@@ -1,17 +1,16 @@
-"""SQL fragments and small queries the groups and contacts modules share."""
+"""Helpers for assembling SQL text, shared by every query module: timestamps as the API writes
+them, LIKE patterns, positional parameters, and the collation names sort in. No queries here."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import asyncpg
 
 # Names sort as lower(name) in this collation: ICU's where available (migration 20261128001100).
 NAME_ORDER = "private.name_order"
 
 
 def ts(expr: str) -> str:
-    """ISO 8601 UTC with Z, microseconds kept (the same text the messages API writes)."""
+    """ISO 8601 UTC with Z, microseconds kept (what UtcDateTime writes, to the digit count)."""
     return f"""to_char({expr} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
@@ -21,7 +20,8 @@ def like(text: str) -> str:
 
 
 class Args:
-    """Positional parameters collected while a statement is assembled."""
+    """Positional parameters collected while a statement is assembled: `arg(value)` appends the
+    value and answers its placeholder ($1, $2, ...); `arg.values` is what to execute with."""
 
     def __init__(self) -> None:
         self.values: list[Any] = []
@@ -29,8 +29,3 @@ class Args:
     def __call__(self, value: Any) -> str:
         self.values.append(value)
         return f"${len(self.values)}"
-
-
-async def is_admin(conn: asyncpg.Connection) -> bool:
-    """Whether the caller is an admin (private.is_admin(), the helper the policies use)."""
-    return bool(await conn.fetchval("select private.is_admin()"))

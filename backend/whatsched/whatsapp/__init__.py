@@ -1,0 +1,1 @@
+"""What the WhatsApp bridge reports, as the database records it (queries)."""
