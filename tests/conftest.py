@@ -168,3 +168,23 @@ def make_user(res: Resources) -> Any:
         return User(session.user.id, email, password, session.access_token, session.refresh_token)
 
     return make
+
+
+@pytest.fixture
+async def api_url(app: FastAPI) -> AsyncIterator[str]:
+    """The test app (lifespan already running) served by uvicorn on a real port, in this loop, so a
+    real bridge process can post its events to it."""
+    import asyncio
+
+    import uvicorn
+    from bridge_process import eventually, free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: asyncio.sleep(0, server.started), bool, within=10, what="uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

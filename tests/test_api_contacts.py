@@ -22,6 +22,7 @@ CONTACT_KEYS = {
     "created_at",
     "updated_at",
     "opted_out_at",
+    "opted_out_keyword",
 }
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 _phone_seq = iter(range(10_000_000, 99_999_999, 17))

@@ -15,14 +15,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from bridge_process import (
     BridgeProcess,
     WorkerProcess,
     as_owner,
     delivery_states,
     eventually,
-    free_port,
     message_row,
     new_message,
     new_owner,
@@ -30,7 +28,6 @@ from bridge_process import (
     schedule,
     workers_listening,
 )
-from fastapi import FastAPI
 
 from whatsched.api.routes.bridge_events import sign
 from whatsched.config import Settings
@@ -227,20 +224,6 @@ async def test_whatsapp_status_is_relayed_to_everyone_and_a_disconnection_warns_
 # ---------------------------------------------------------------------------------------------
 # The real bridge posting to the API on a real port
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def api_url(app: FastAPI) -> AsyncIterator[str]:
-    """The test app (lifespan already running) served by uvicorn on a real port, in this loop."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: asyncio.sleep(0, server.started), bool, within=10, what="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_acks_from_the_real_bridge_reach_delivered_and_read(

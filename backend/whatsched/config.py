@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     allow_signup: bool = False
     supabase_url: str | None = None
     supabase_anon_key: str | None = None
+    # Only for the command line on Supabase (`users create`, `users promote`, `contacts import
+    # --user`): Supabase Auth's admin API. A secret that bypasses RLS; the API never reads it.
+    supabase_service_role_key: str | None = None
     trusted_proxies: str = ""
 
     redis_url: str | None = None
@@ -60,6 +63,9 @@ class Settings(BaseSettings):
     # The guide's per-user limits (per minute), enforced by Postgres on every path.
     schedule_per_minute: int = Field(default=10, ge=1)
     group_create_per_minute: int = Field(default=5, ge=1)
+    # Whole-message reply keywords (comma-separated), matched ignoring case, accents and punctuation.
+    opt_out_keywords: str = "baja,stop,alto,cancelar,desuscribir,unsubscribe,no mas,parar,stopall,end,quit"
+    opt_in_keywords: str = "alta,start,unstop,suscribir,subscribe"
 
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
@@ -70,6 +76,7 @@ class Settings(BaseSettings):
         "app_database_url",
         "redis_url",
         "supabase_url",
+        "supabase_service_role_key",
         "jwt_secret",
         "user_statement_timeout",
         mode="before",

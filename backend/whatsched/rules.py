@@ -2,7 +2,7 @@
 module is Python's side of them: writing the numbers they use, and reading a limit's state.
 
 - `publish_settings`: the environment's values into private.settings, so the API, the worker and
-  a supabase-js caller apply the same daily cap and limits. Run by `whatsched migrate`, `dev`,
+  a supabase-js caller apply the same daily cap, limits and opt-out keywords. Run by `whatsched migrate`, `dev`,
   and at the start of every API process (give every process the same environment).
 - `rate_limit_status`: what is left of the caller's per-minute limit (the X-RateLimit-* headers).
 """
@@ -20,11 +20,17 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
     """Write the rules' numbers; `conn` is an admin connection or one acting as service_role."""
     await conn.execute(
         "update private.settings set send_daily_cap = $1, schedule_per_minute = $2,"
-        " group_create_per_minute = $3, updated_at = now() where id",
+        " group_create_per_minute = $3, opt_out_keywords = $4, opt_in_keywords = $5, updated_at = now() where id",
         settings.send_daily_cap,
         settings.schedule_per_minute,
         settings.group_create_per_minute,
+        _words(settings.opt_out_keywords),
+        _words(settings.opt_in_keywords),
     )
+
+
+def _words(listed: str) -> list[str]:
+    return [w.strip() for w in listed.split(",") if w.strip()]
 
 
 async def rate_limit_status(conn: asyncpg.Connection, action: str) -> dict[str, int]:

@@ -139,7 +139,24 @@ as $$
     'groups', (select count(*) from public.groups, me where p_all or created_by = me.uid),
     'deliveries', (select to_jsonb(dlv) from dlv),
     'success_rate', (select case when ok + failed = 0 then null
-                            else round(ok::numeric / (ok + failed), 4) end from dlv)
+                            else round(ok::numeric / (ok + failed), 4) end from dlv),
+    -- Account safety: a rising opt-out rate is the early sign of a ban. Opt-outs over the last 30
+    -- days per recipient WhatsApp accepted a message for in those days.
+    'opt_outs_30d', (select count(*) from public.replies r, me
+                     where (p_all or r.created_by = me.uid) and r.kind = 'opt_out'
+                       and r.received_at > now() - interval '30 days'),
+    'opt_out_rate_30d', (
+      select case when reached = 0 then null else round(outs::numeric / reached, 4) end
+      from (
+        select
+          (select count(*) from public.replies r, me
+           where (p_all or r.created_by = me.uid) and r.kind = 'opt_out'
+             and r.received_at > now() - interval '30 days') as outs,
+          (select count(*) from public.deliveries d, me
+           where (p_all or d.created_by = me.uid) and d.state in ('sent', 'delivered', 'read')
+             and d.sent_at > now() - interval '30 days') as reached
+      ) x
+    )
   );
 $$;
 
@@ -192,6 +209,9 @@ as $$
     'success_rate', case when c.sent + c.delivered + c.read + c.failed = 0 then null
                          else round((c.sent + c.delivered + c.read)::numeric
                                     / (c.sent + c.delivered + c.read + c.failed), 4) end,
+    -- Account safety next to the outcomes: what recipients answered, and how many opted out.
+    'replies', (select count(*) from public.replies r where r.message_id = (select id from msg)),
+    'opt_outs', (select count(*) from public.replies r where r.message_id = (select id from msg) and r.kind = 'opt_out'),
     'first_sent_at', private.utc_iso(c.first_sent_at),
     'last_sent_at', private.utc_iso(c.last_sent_at),
     'timeline', coalesce((

@@ -15,7 +15,17 @@ from whatsched import __version__
 from whatsched.api import errors
 from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
-from whatsched.api.routes import analytics, auth, bridge_events, contacts_import, health, notifications, reports, sync
+from whatsched.api.routes import (
+    analytics,
+    auth,
+    bridge_events,
+    contacts_import,
+    health,
+    notifications,
+    replies,
+    reports,
+    sync,
+)
 from whatsched.api.routes import contacts as contacts_routes
 from whatsched.api.routes import groups as groups_routes
 from whatsched.api.routes import messages as messages_routes
@@ -115,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws_routes.router)
     app.include_router(bridge_events.router)
     app.include_router(notifications.router)
+    app.include_router(replies.router)
     app.include_router(analytics.router)
     app.include_router(reports.router)
     app.include_router(sync.router)

@@ -16,7 +16,8 @@ import asyncpg
 from whatsched.db.paging import limit_offset
 from whatsched.db.sql import NAME_ORDER, Args, like, ts
 
-# The guide's contact shape (plus opted_out_at), over contacts `c` left-joined to `grp` (groups_of).
+# The guide's contact shape (plus opted_out_at and the reply keyword that caused it), over contacts
+# `c` left-joined to `grp` (groups_of).
 CONTACT_JSON = f"""json_build_object(
   'id', c.id,
   'name', c.name,
@@ -26,7 +27,8 @@ CONTACT_JSON = f"""json_build_object(
   'groups', coalesce(grp.ids, '[]'::json),
   'created_at', {ts("c.created_at")},
   'updated_at', {ts("c.updated_at")},
-  'opted_out_at', {ts("c.opted_out_at")}
+  'opted_out_at', {ts("c.opted_out_at")},
+  'opted_out_keyword', c.opted_out_keyword
 )"""
 
 

@@ -165,6 +165,9 @@ class Contact(BaseModel):
     created_at: UtcDateTime
     updated_at: UtcDateTime
     opted_out_at: UtcDateTime | None = Field(description="When the contact asked not to be messaged; null if not")
+    opted_out_keyword: str | None = Field(
+        description="The reply that opted the contact out (e.g. BAJA); null when opted out by hand or not at all"
+    )
 
 
 class ContactPage(BaseModel):

@@ -152,6 +152,8 @@ class Stats(BaseModel):
     total: int
     states: StateCounts
     success_rate: float | None = Field(description="(sent+delivered+read) / (those + failed); null before any")
+    replies: int = Field(description="Replies whose last message received was this one")
+    opt_outs: int = Field(description="Of those, opt-outs (BAJA, STOP, ...): the recipient asked not to be messaged")
     first_sent_at: UtcDateTime | None
     last_sent_at: UtcDateTime | None
     timeline: list[TimelinePoint]
@@ -172,4 +174,9 @@ class Dashboard(BaseModel):
     groups: int
     deliveries: dict[str, int]
     success_rate: float | None
+    opt_outs_30d: int = Field(description="Opt-out replies over the last 30 days")
+    opt_out_rate_30d: float | None = Field(
+        description="opt_outs_30d per delivery WhatsApp accepted in those 30 days; null before any. A rising "
+        "rate is the early sign of a ban"
+    )
     series: list[DayPoint] = Field(description="The last 30 days (your timezone), oldest first")

@@ -20,6 +20,7 @@ MAX_FRAME_CHARS = 16 * 1024  # client frames are tiny; a JWT is well under this
 MESSAGE_STATUS_UPDATE = "message_status_update"
 MESSAGE_PROGRESS = "message_progress"
 NEW_NOTIFICATION = "new_notification"
+REPLY_RECEIVED = "reply_received"  # relayed like any user-topic event (no special routing)
 WHATSAPP_STATUS = "whatsapp_status"
 WHATSAPP_TOPIC = "whatsapp"
 USER_TOPIC_PREFIX = "user:"

@@ -1,7 +1,7 @@
 """The SQL of what the WhatsApp bridge reports, run as the service role: delivery acks
 (private.apply_ack, waking the dispatcher's workers when an ack settles a delivery they still had
-open) and WhatsApp's connection status (private.record_whatsapp_status, relayed to every user's
-socket by private.broadcast)."""
+open), WhatsApp's connection status (private.record_whatsapp_status, relayed to every user's
+socket by private.broadcast) and incoming replies (private.record_reply)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,14 @@ async def record_status(conn: asyncpg.Connection, status: str, phone: str | None
 async def broadcast_status(conn: asyncpg.Connection, frame: dict[str, Any]) -> None:
     """Relay the guide's whatsapp_status frame to every user's socket (realtime topic `whatsapp`)."""
     await conn.execute("select private.broadcast($1::jsonb, 'whatsapp_status', 'whatsapp')", frame)
+
+
+async def record_reply(
+    conn: asyncpg.Connection, phone: str, text: str, whatsapp_message_id: str, at: datetime | None
+) -> int:
+    """Keep a reply for every user who has `phone` as a contact, applying opt-out/opt-in keywords;
+    how many kept it (0: the sender is nobody's contact and nothing was stored)."""
+    stored: int = await conn.fetchval(
+        "select private.record_reply($1, $2, $3, coalesce($4, now()))", phone, text, whatsapp_message_id, at
+    )
+    return stored

@@ -12,6 +12,10 @@ missing signature, or a timestamp more than 5 minutes away from our clock, is re
   (realtime topic `whatsapp`, the guide's frame, qr_code only when qr_needed); on a transition to
   `disconnected`, a warning notification for each user with scheduled or sending messages.
 
+- `inbound_message` {phone, text, whatsapp_message_id, at}: a reply (private.record_reply): kept
+  once per user who has the sender as a contact, an opt-out or opt-in keyword applied; from
+  anyone else it is dropped, never stored, and its text is never logged.
+
 Events are idempotent (the bridge retries them), and unknown event types are accepted and
 ignored, so a newer bridge does not make an older backend drop its queue.
 """
@@ -60,14 +64,23 @@ class WhatsAppStatus(BaseModel):
     last_error: str | None = Field(default=None, max_length=2000)
 
 
+class InboundMessage(BaseModel):
+    type: Literal["inbound_message"]
+    phone: str = Field(pattern=r"^\+[1-9]\d{1,14}$")
+    # Whatever WhatsApp allowed; what is kept is cut to 4096 characters (the longest message).
+    text: str = Field(max_length=65_536)
+    whatsapp_message_id: str = Field(min_length=1, max_length=300)
+    at: datetime | None = None
+
+
 class OtherEvent(BaseModel):
     type: str
 
 
-_EVENT: TypeAdapter[MessageAck | WhatsAppStatus] = TypeAdapter(
-    Annotated[MessageAck | WhatsAppStatus, Field(discriminator="type")]
+_EVENT: TypeAdapter[MessageAck | WhatsAppStatus | InboundMessage] = TypeAdapter(
+    Annotated[MessageAck | WhatsAppStatus | InboundMessage, Field(discriminator="type")]
 )
-KNOWN = frozenset({"message_ack", "whatsapp_status"})
+KNOWN = frozenset({"message_ack", "whatsapp_status", "inbound_message"})
 
 
 def sign(token: str, timestamp: int | str, raw: bytes) -> str:
@@ -109,6 +122,8 @@ async def bridge_event(request: Request, res: ResourcesDep) -> Response:
         raise ApiError(422, "validation_error", "The event is not one the backend understands.", errors) from None
     if isinstance(event, MessageAck):
         await _apply_ack(res, event)
+    elif isinstance(event, InboundMessage):
+        await _record_reply(res, event)
     else:
         await _relay_status(res, event)
     return Response(status_code=204)
@@ -117,6 +132,11 @@ async def bridge_event(request: Request, res: ResourcesDep) -> Response:
 async def _apply_ack(res: Resources, event: MessageAck) -> None:
     async with service_tx(res.pool) as conn:
         await queries.apply_ack(conn, event.whatsapp_message_id, event.idempotency_key, event.ack, event.at)
+
+
+async def _record_reply(res: Resources, event: InboundMessage) -> None:
+    async with service_tx(res.pool) as conn:
+        await queries.record_reply(conn, event.phone, event.text, event.whatsapp_message_id, event.at)
 
 
 async def _relay_status(res: Resources, event: WhatsAppStatus) -> None:

@@ -1,0 +1,46 @@
+"""Replies: what the caller's contacts wrote back, newest first (GET /api/replies).
+
+Each reply is kept once per user who has the sender as a contact; `kind` says what the whole text
+meant (`reply`, `opt_out`, `opt_in`), and `message_id` is the last message that user sent to that
+phone before it arrived, when there is one (so a campaign's answers can be listed).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from whatsched.api.common import Page
+from whatsched.api.deps import PagingDep, UserConn
+from whatsched.api.errors import responses
+from whatsched.models import UtcDateTime
+from whatsched.replies import queries
+
+router = APIRouter(prefix="/api/replies", tags=["replies"])
+
+
+class Reply(BaseModel):
+    id: str
+    contact_id: str | None
+    contact_name: str | None
+    phone: str
+    text: str
+    kind: Literal["reply", "opt_out", "opt_in"]
+    message_id: str | None
+    received_at: UtcDateTime
+
+
+@router.get("", response_model=Page[Reply], responses=responses(401, 422))
+async def list_replies(
+    *,
+    contact_id: UUID | None = Query(None, description="only replies from this contact"),
+    message_id: UUID | None = Query(None, description="only replies to this message"),
+    paging: PagingDep,
+    conn: UserConn,
+) -> Page[Reply]:
+    rows, total = await queries.replies_page(conn, contact_id, message_id, paging.page_size, paging.offset)
+    items = [Reply(**{k: v for k, v in row.items() if k != "total"}) for row in rows]
+    return Page[Reply](items=items, total=total, page=paging.page, page_size=paging.page_size)
