@@ -7,6 +7,24 @@ from typing import Any
 
 import aiohttp
 
+# The bridge's error codes (bridge/src/constants.js ERRORS, checked by tests/test_bridge_contract.py),
+# and which of them no retry can change: the number, or the request itself, is wrong.
+ERROR_CODES = frozenset(
+    {
+        "bad_request",
+        "unauthorized",
+        "not_found",
+        "method_not_allowed",
+        "payload_too_large",
+        "invalid_number",
+        "not_registered",
+        "rate_limited",
+        "send_failed",
+        "not_connected",
+    }
+)
+PERMANENT_CODES = frozenset({"not_registered", "invalid_number", "bad_request", "payload_too_large"})
+
 
 class BridgeError(Exception):
     """The bridge refused or failed a call. `code` is the bridge's stable code."""
@@ -20,9 +38,6 @@ class BridgeError(Exception):
     @property
     def transient(self) -> bool:
         return self.code not in PERMANENT_CODES
-
-
-PERMANENT_CODES = frozenset({"not_registered", "invalid_number"})
 
 
 @dataclass(frozen=True)

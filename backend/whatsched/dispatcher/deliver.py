@@ -12,9 +12,6 @@ from whatsched.bridge_client import BridgeClient, BridgeError
 from whatsched.content import render
 from whatsched.dispatcher.claim import Claimed
 
-# Refusals that no retry can change: the number, or the request itself, is wrong.
-PERMANENT = frozenset({"not_registered", "invalid_number", "bad_request", "payload_too_large"})
-
 
 @dataclass(frozen=True, slots=True)
 class Sent:
@@ -37,7 +34,7 @@ async def _send_one(bridge: BridgeClient, delivery: Claimed) -> Sent | Refused:
         result = await bridge.send(delivery.phone, body, delivery.idempotency_key)
     except BridgeError as exc:
         metrics.BRIDGE_ERRORS.labels(exc.code).inc()
-        return Refused(delivery.id, exc.code, exc.message, exc.code in PERMANENT or not exc.transient)
+        return Refused(delivery.id, exc.code, exc.message, not exc.transient)
     except Exception as exc:  # a malformed answer is the bridge failing, and worth a retry
         metrics.BRIDGE_ERRORS.labels("send_failed").inc()
         return Refused(delivery.id, "send_failed", f"unexpected answer from the bridge: {exc!r}", False)
