@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
-from whatsched.config import get_settings
+from whatsched.config import Settings, get_settings
 from whatsched.errors import ConfigError
 
 app = typer.Typer(
@@ -138,8 +139,81 @@ def worker() -> None:
     raise typer.Exit(run_worker(get_settings()))
 
 
-users = typer.Typer(help="Manage users of the local auth provider.", no_args_is_help=True)
+users = typer.Typer(
+    help="Manage users: in auth.users (local auth provider), or in Supabase Auth when SUPABASE_URL is set.",
+    no_args_is_help=True,
+)
 app.add_typer(users, name="users")
+
+# Users per page when the admin API is searched for an email (GoTrue's own cap for keyset pages).
+ADMIN_PAGE = 1000
+
+
+def _in_supabase_auth(settings: Settings) -> bool:
+    """Whether users live in Supabase Auth. There the auth tables belong to GoTrue
+    (supabase_auth_admin): none of our roles may write them, nor `service_role` read them, so the
+    command line goes through the Auth admin API with the service-role key."""
+    if settings.effective_auth_provider != "supabase":
+        return False
+    if not settings.supabase_url:
+        raise ConfigError("AUTH_PROVIDER=supabase needs SUPABASE_URL.")
+    if not settings.supabase_service_role_key:
+        raise ConfigError(
+            "SUPABASE_URL is set, so users live in Supabase Auth: set SUPABASE_SERVICE_ROLE_KEY (the project's"
+            " service_role key) to manage them from the command line."
+        )
+    return True
+
+
+@asynccontextmanager
+async def _supabase_admin(settings: Settings) -> AsyncIterator[Any]:
+    """Supabase Auth's admin API (supabase-auth's client), its failures as one-sentence errors."""
+    from supabase_auth import AsyncGoTrueAdminAPI
+    from supabase_auth.errors import AuthApiError, AuthError
+
+    assert settings.supabase_url and settings.supabase_service_role_key
+    url = settings.supabase_url.rstrip("/") + "/auth/v1"
+    key = settings.supabase_service_role_key
+    client = AsyncGoTrueAdminAPI(url=url, headers={"apikey": key, "Authorization": f"Bearer {key}"})
+    try:
+        yield client
+    except AuthApiError as exc:
+        raise ConfigError(f"Supabase Auth refused the request ({exc.status}): {exc.message}") from None
+    except AuthError as exc:
+        raise ConfigError(f"cannot reach Supabase Auth at {url}: {exc.message}") from None
+    finally:
+        await client.close()
+
+
+async def _supabase_find_user(admin: Any, email: str) -> tuple[str, str] | None:
+    """(id, email) of the Supabase Auth user with this email (any case), page by page."""
+    wanted = email.strip().lower()
+    page = 1
+    while True:
+        found = await admin.list_users(page=page, per_page=ADMIN_PAGE)
+        for user in found:
+            if (user.email or "").lower() == wanted:
+                return str(user.id), str(user.email)
+        if len(found) < ADMIN_PAGE:
+            return None
+        page += 1
+
+
+async def _set_profile_role(settings: Settings, user_id: str, email: str, role: str) -> None:
+    """Our side of a user: public.profiles (made by the on_auth_user_created trigger), as service_role."""
+    from whatsched.db.pool import create_pool, service_tx
+    from whatsched.db.setup import resolve_app_url
+
+    pool = await create_pool(await resolve_app_url(settings), min_size=1, max_size=1)
+    try:
+        async with service_tx(pool) as conn:
+            changed = await conn.fetchval(
+                "update public.profiles set role = $2 where id = $1::uuid returning id", user_id, role
+            )
+    finally:
+        await pool.close()
+    if changed is None:
+        raise ConfigError(f"{email} has no profile in this database; run `whatsched migrate` against it first.")
 
 
 async def _local_provider() -> tuple[Any, Any]:
@@ -149,10 +223,6 @@ async def _local_provider() -> tuple[Any, Any]:
     from whatsched.db.setup import resolve_app_url
 
     settings = get_settings()
-    if settings.effective_auth_provider != "local":
-        raise ConfigError(
-            "users are managed in Supabase Auth when AUTH_PROVIDER=supabase (use the Supabase dashboard)."
-        )
     pool = await db_pool.create_pool(await resolve_app_url(settings), min_size=1, max_size=2)
     key = local_signing_key(settings.data_dir, settings.jwt_secret)
     provider = LocalProvider(
@@ -173,13 +243,14 @@ def users_create(
     admin: bool = typer.Option(False, "--admin", help="Give the user the admin role."),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
-    """Create a user (email + password) in auth.users."""
+    """Create a user (email + password, email confirmed): in auth.users, or through Supabase Auth."""
     from whatsched.auth.models import AuthFailure
 
     if len(password) < 8:
         raise ConfigError("the password must have at least 8 characters.")
+    settings = get_settings()
 
-    async def run() -> str:
+    async def local() -> str:
         provider, pool = await _local_provider()
         try:
             user = await provider.create_user(email, password, admin=admin, name=name)
@@ -189,17 +260,34 @@ def users_create(
             await pool.close()
         return str(user.id)
 
-    user_id = asyncio.run(run())
+    async def supabase() -> str:
+        async with _supabase_admin(settings) as client:
+            answer = await client.create_user(
+                {
+                    "email": email,
+                    "password": password,
+                    "email_confirm": True,
+                    "user_metadata": {"name": name} if name else {},
+                }
+            )
+        user_id = str(answer.user.id)
+        if admin:
+            await _set_profile_role(settings, user_id, email, "admin")
+        return user_id
+
+    user_id = asyncio.run(supabase() if _in_supabase_auth(settings) else local())
     typer.echo(f"created {'admin' if admin else 'user'} {email} ({user_id})")
 
 
 @users.command("promote")
 @clear_errors
 def users_promote(email: str) -> None:
-    """Make an existing user an admin."""
+    """Make an existing user an admin (public.profiles.role)."""
     from whatsched.auth.models import AuthFailure
 
-    async def run() -> None:
+    settings = get_settings()
+
+    async def local() -> None:
         provider, pool = await _local_provider()
         try:
             await provider.set_role(email, "admin")
@@ -208,7 +296,14 @@ def users_promote(email: str) -> None:
         finally:
             await pool.close()
 
-    asyncio.run(run())
+    async def supabase() -> None:
+        async with _supabase_admin(settings) as client:
+            found = await _supabase_find_user(client, email)
+        if found is None:
+            raise ConfigError(f"No user with email {email}.")
+        await _set_profile_role(settings, found[0], email, "admin")
+
+    asyncio.run(supabase() if _in_supabase_auth(settings) else local())
     typer.echo(f"{email} is now an admin")
 
 
@@ -237,6 +332,7 @@ def contacts_import(
     from whatsched.imports.refusal import ImportRefused
 
     settings = get_settings()
+    on_supabase = _in_supabase_auth(settings)
     bar = Progress(
         TextColumn("{task.description:<15}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
     )
@@ -244,6 +340,10 @@ def contacts_import(
 
     def show(stage: str, processed: int, total: int) -> None:
         bar.update(task, description=stage, completed=processed, total=total or None)
+
+    async def find_in_supabase(email: str) -> tuple[str, str] | None:
+        async with _supabase_admin(settings) as client:
+            return await _supabase_find_user(client, email)
 
     async def run(data: bytes) -> Any:
         return await command.run(
@@ -259,6 +359,7 @@ def contacts_import(
             sheet=sheet,
             mapping=mapping,
             listener=show,
+            find_user=find_in_supabase if on_supabase else None,
         )
 
     try:

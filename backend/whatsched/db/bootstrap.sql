@@ -26,6 +26,59 @@ $$;
 
 grant anon, authenticated, service_role to authenticator;
 
+-- GoTrue's role (supabase/postgres migrations/db/init-scripts/00000000000001-auth-schema.sql):
+-- it owns the auth tables and is the only API-side role that may touch them. Supabase creates it
+-- `noinherit createrole login noreplication`; here nobody logs in as it (the local auth provider
+-- becomes it from `authenticator`, below), and it gets no CREATEROLE: on PostgreSQL 15 that would
+-- let whoever can become it grant itself any non-superuser role (pg_execute_server_program, ...).
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'supabase_auth_admin') then
+    create role supabase_auth_admin nologin noinherit noreplication;
+  end if;
+  -- Realtime's owner role (supabase/realtime 20260707120000_restrict_realtime_schema).
+  if not exists (select 1 from pg_roles where rolname = 'supabase_realtime_admin') then
+    create role supabase_realtime_admin nologin noinherit noreplication;
+  end if;
+end
+$$;
+
+-- LOCAL ONLY: on Supabase `authenticator` cannot become supabase_auth_admin (GoTrue logs in as it
+-- directly). Here our login role is what the local auth provider, standing in for GoTrue, runs as,
+-- so it may `set role supabase_auth_admin` (whatsched.auth.local.auth_admin_tx).
+grant supabase_auth_admin to authenticator;
+
+-- Role settings as Supabase has them (ALTER ROLE ... SET only when different, so concurrent
+-- bootstraps of several databases on one server do not update the same pg_db_role_setting row):
+-- init-scripts/00000000000000-initial-schema.sql gives the API roles short statement timeouts
+-- (PostgREST applies an impersonated role's settings; so does whatsched.db.pool for user_tx);
+-- 00000000000001-auth-schema.sql and 20220322085208_gotrue-session-limit.sql set GoTrue's.
+-- Not mirrored: Supabase's `authenticator` statement_timeout/lock_timeout of 8s
+-- (20221028101028, 20231130133139): here `authenticator` is also the login of our worker and
+-- imports, which on Supabase log in as `postgres`, without them.
+do $$
+declare
+  wanted record;
+begin
+  for wanted in
+    select * from (values
+      ('anon', 'statement_timeout', '3s'),
+      ('authenticated', 'statement_timeout', '8s'),
+      ('supabase_auth_admin', 'search_path', 'auth'),
+      ('supabase_auth_admin', 'idle_in_transaction_session_timeout', '60000')
+    ) as w (role_name, setting, value)
+  loop
+    if not exists (
+      select 1 from pg_db_role_setting s
+      where s.setrole = wanted.role_name::regrole and s.setdatabase = 0
+        and wanted.setting || '=' || wanted.value = any (s.setconfig)
+    ) then
+      execute format('alter role %I set %s = %L', wanted.role_name, wanted.setting, wanted.value);
+    end if;
+  end loop;
+end
+$$;
+
 -- ---------------------------------------------------------------------------
 -- Schemas and default privileges (Supabase grants broadly and relies on RLS)
 -- ---------------------------------------------------------------------------
@@ -162,46 +215,170 @@ $$;
 
 grant execute on function auth.uid(), auth.role(), auth.email(), auth.jwt()
   to anon, authenticated, service_role;
--- The local auth provider (our API acting as GoTrue) works through service_role.
-grant select, insert, update, delete on auth.users, auth.sessions, auth.refresh_tokens to service_role;
-grant usage, select on sequence auth.refresh_tokens_id_seq to service_role;
+
+-- Who may touch the auth tables, as on Supabase (init-scripts/00000000000001-auth-schema.sql,
+-- migrations/20211115181400_update-auth-permissions.sql, 20211124212715_update-auth-owner.sql;
+-- GoTrue's 20240612123726_enable_rls_update_grants.up.sql): supabase_auth_admin owns them (and
+-- the sequence, which follows its table) and the helper functions; anon, authenticated and
+-- service_role only use the schema, never its tables. RLS is on, without policies.
+-- Earlier bootstraps granted service_role the tables: revoked here.
+alter table auth.users owner to supabase_auth_admin;
+alter table auth.sessions owner to supabase_auth_admin;
+alter table auth.refresh_tokens owner to supabase_auth_admin;
+alter type auth.aal_level owner to supabase_auth_admin;
+alter function auth.uid() owner to supabase_auth_admin;
+alter function auth.role() owner to supabase_auth_admin;
+alter function auth.email() owner to supabase_auth_admin;
+alter function auth.jwt() owner to supabase_auth_admin;
+grant all privileges on schema auth to supabase_auth_admin;
+grant all privileges on all tables in schema auth to supabase_auth_admin;
+grant all privileges on all sequences in schema auth to supabase_auth_admin;
+revoke all on auth.users, auth.sessions, auth.refresh_tokens from anon, authenticated, service_role;
+revoke all on sequence auth.refresh_tokens_id_seq from anon, authenticated, service_role;
+alter table auth.users enable row level security;
+alter table auth.sessions enable row level security;
+alter table auth.refresh_tokens enable row level security;
 
 -- ---------------------------------------------------------------------------
--- realtime: the messages table that authorizes private channels, topic(), send()
--- Locally send() becomes a pg_notify on channel 'realtime' so the same triggers work.
+-- realtime: Realtime's messages table (which authorizes private channels), topic() and send(),
+-- as supabase/realtime defines them (priv/repo/tenant_schema/realtime/: tables/messages.sql,
+-- functions/send.sql, functions/topic.sql, schema.sql; the migrations under
+-- lib/realtime/tenants/repo/migrations/ that built them). Locally send() also does a
+-- pg_notify('realtime', ...) that the API's hubs LISTEN to.
 -- ---------------------------------------------------------------------------
-create table if not exists realtime.messages (
-  id uuid not null default gen_random_uuid(),
-  topic text not null,
-  extension text not null default 'broadcast',
-  payload jsonb,
-  event text,
-  private boolean default false,
-  updated_at timestamp not null default now(),
-  inserted_at timestamp not null default now(),
-  primary key (id)
-);
+grant create, usage on schema realtime to supabase_realtime_admin with grant option;
+
+-- Partitioned by day on inserted_at, as Realtime has it since 20241030150047_messages_partitioning.
+-- Earlier bootstraps made a plain table: it is replaced (its rows are ephemeral broadcasts; its
+-- policies, created by our migrations, are carried over as Realtime's own migration did).
+do $$
+declare
+  pol record;
+begin
+  if exists (select 1 from pg_class where oid = to_regclass('realtime.messages') and relkind = 'r') then
+    alter table realtime.messages rename to messages_unpartitioned;
+    alter index if exists realtime.messages_pkey rename to messages_unpartitioned_pkey;
+  end if;
+  if to_regclass('realtime.messages') is null then
+    create table realtime.messages (
+      topic text not null,
+      extension text not null,
+      payload jsonb,
+      event text,
+      private boolean default false,
+      updated_at timestamp not null default now(),
+      inserted_at timestamp not null default now(),
+      id uuid not null default gen_random_uuid(),
+      binary_payload bytea,
+      constraint messages_pkey primary key (id, inserted_at)
+    ) partition by range (inserted_at);
+    alter table realtime.messages
+      add constraint messages_payload_exclusive check (payload is null or binary_payload is null) not valid;
+  end if;
+  if to_regclass('realtime.messages_unpartitioned') is not null then
+    for pol in select * from pg_policies where schemaname = 'realtime' and tablename = 'messages_unpartitioned' loop
+      execute format(
+        'create policy %I on realtime.messages as %s for %s to %s%s%s',
+        pol.policyname,
+        pol.permissive,
+        pol.cmd,
+        (select string_agg(quote_ident(r), ', ') from unnest(pol.roles) as r),
+        case when pol.qual is not null then ' using (' || pol.qual || ')' else '' end,
+        case when pol.with_check is not null then ' with check (' || pol.with_check || ')' else '' end
+      );
+    end loop;
+    drop table realtime.messages_unpartitioned;
+  end if;
+end
+$$;
+create index if not exists messages_inserted_at_topic_index on realtime.messages (inserted_at desc, topic)
+  where extension = 'broadcast' and private is true;
+alter table realtime.messages owner to supabase_realtime_admin;
 alter table realtime.messages enable row level security;
+-- Supabase grants insert, select, update to anon, authenticated and service_role; we keep anon out
+-- of the table and users' writes to their policies (tests/test_schema_rls.py: anon is refused).
 grant select, insert on realtime.messages to authenticated, service_role;
+
+-- Realtime's janitor, run by every bootstrap (`whatsched migrate`, `whatsched dev`): the day
+-- partitions from yesterday to three days ahead (Realtime.Tenants.create_messages_partitions) and
+-- none older than 72 hours (Realtime.Messages.delete_old_messages). Days are the database's
+-- (inserted_at is now() as a timestamp without time zone).
+do $$
+declare
+  day date;
+  part text;
+begin
+  for offset_days in -1..3 loop
+    day := current_date + offset_days;
+    part := 'messages_' || to_char(day, 'YYYY_MM_DD');
+    if to_regclass('realtime.' || part) is null then
+      execute format(
+        'create table realtime.%I partition of realtime.messages for values from (%L) to (%L)',
+        part, day::timestamp, (day + 1)::timestamp
+      );
+      execute format('alter table realtime.%I owner to supabase_realtime_admin', part);
+    end if;
+  end loop;
+  for part in
+    select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid
+    where i.inhparent = 'realtime.messages'::regclass and c.relname ~ '^messages_\d{4}_\d{2}_\d{2}$'
+  loop
+    if to_date(substr(part, 10), 'YYYY_MM_DD') < (localtimestamp - interval '72 hours')::date then
+      execute format('drop table realtime.%I', part);
+    end if;
+  end loop;
+end
+$$;
 
 create or replace function realtime.topic() returns text
 language sql stable
 as $$
   select nullif(current_setting('realtime.topic', true), '')::text
 $$;
+alter function realtime.topic() owner to supabase_realtime_admin;
 grant execute on function realtime.topic() to anon, authenticated, service_role;
 
+-- Realtime's send (functions/send.sql, last changed by 20260605120000_rename_broadcast_send_warning):
+-- a payload without an "id" key gets the message's generated uuid as "id"; the topic goes into
+-- realtime.topic for the policies; the row is inserted as the caller (RLS applies); any error
+-- becomes a WARNING, never the caller's failure. Two local additions:
+-- - pg_notify('realtime', {"topic","event","payload","private"}) for the API's hubs, with the
+--   payload as given (no "id"): what private.broadcast notifies on Supabase too, so our sockets
+--   get the same frames on both (whatsched.realtime.hub).
+-- - no insert when the bootstrap's day partitions have run out (a plain-Postgres server running
+--   for days without `whatsched migrate`): nothing here reads the stored copy, and a WARNING on
+--   every event would flood the server log. On Supabase, Realtime keeps the partitions.
 create or replace function realtime.send(payload jsonb, event text, topic text, private boolean default true)
 returns void
 language plpgsql
 as $$
+declare
+  generated_id uuid;
+  final_payload jsonb;
 begin
+  begin
+    generated_id := gen_random_uuid();
+    if payload ? 'id' then
+      final_payload := payload;
+    else
+      final_payload := jsonb_set(payload, '{id}', to_jsonb(generated_id));
+    end if;
+    execute format('SET LOCAL realtime.topic TO %L', topic);
+    if to_regclass('realtime.messages_' || to_char(localtimestamp, 'YYYY_MM_DD')) is not null then
+      insert into realtime.messages (id, payload, event, topic, private, extension)
+      values (generated_id, final_payload, event, topic, private, 'broadcast');
+    end if;
+  exception
+    when others then
+      raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+  end;
   perform pg_notify(
     'realtime',
     jsonb_build_object('topic', topic, 'event', event, 'payload', payload, 'private', private)::text
   );
 end;
 $$;
+alter function realtime.send(jsonb, text, text, boolean) owner to supabase_realtime_admin;
 grant execute on function realtime.send(jsonb, text, text, boolean) to anon, authenticated, service_role;
 
 do $$

@@ -5,27 +5,29 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 
+from whatsched.auth.local import find_user_by_email
 from whatsched.config import Settings
-from whatsched.db.pool import create_pool, service_tx, user_tx
+from whatsched.db.pool import create_pool, user_tx
 from whatsched.imports import service
 from whatsched.imports.progress import Listener, Progress
 from whatsched.imports.refusal import ImportRefused
 from whatsched.imports.upload import file_too_large
 
+# (id, email) of the user with an email, or None: Supabase Auth's admin API on Supabase (whose auth
+# tables no role of ours may read), the auth tables as supabase_auth_admin locally.
+FindUser = Callable[[str], Awaitable[tuple[str, str] | None]]
 
-async def _user(pool: asyncpg.Pool, email: str) -> tuple[str, str]:
-    async with service_tx(pool) as conn:
-        row = await conn.fetchrow(
-            "select id::text as id, email from auth.users where lower(email) = lower($1) order by created_at limit 1",
-            email.strip(),
-        )
-    if row is None:
+
+async def _user(pool: asyncpg.Pool, email: str, find_user: FindUser | None) -> tuple[str, str]:
+    found = await find_user(email.strip()) if find_user is not None else await find_user_by_email(pool, email)
+    if found is None:
         raise ImportRefused(404, "user_not_found", f"There is no user with the email {email!r}.")
-    return str(row["id"]), str(row["email"])
+    return found
 
 
 async def _groups(pool: asyncpg.Pool, claims: dict[str, str], groups: list[str]) -> tuple[str, ...]:
@@ -73,12 +75,13 @@ async def run(
     sheet: str | None,
     mapping: str | None,
     listener: Listener | None = None,
+    find_user: FindUser | None = None,
 ) -> service.ImportResult:
     if on_duplicate not in ("skip", "update"):
         raise service.invalid_option("on_duplicate", "must be skip or update")
     pool = await create_pool(app_url, min_size=1, max_size=3)
     try:
-        user_id, user_email = await _user(pool, email)
+        user_id, user_email = await _user(pool, email, find_user)
         claims = {"sub": user_id, "role": "authenticated", "email": user_email}
         options = service.ImportOptions(
             group_ids=await _groups(pool, claims, groups),

@@ -9,6 +9,11 @@ realtime.send emits on plain Postgres), a registry of this process's sockets, an
 Every API process runs its own hub, so an event committed anywhere reaches sockets everywhere.
 When the LISTEN connection drops, the hub reconnects with backoff and then tells each socket to
 resync and re-sends the snapshots of its subscriptions (events in the gap are lost otherwise).
+
+Our socket and Supabase Realtime differ by one key: Realtime's realtime.send stores (and so
+broadcasts) the payload with an "id" added when it has none (the message's uuid), while the
+notification this hub relays carries the payload as given, on Supabase (private.broadcast) and on
+plain Postgres (the bootstrap's send) alike: frames on our socket have no such "id".
 """
 
 from __future__ import annotations
