@@ -35,6 +35,7 @@ GONE_AFTER_KILL_S = 15.0  # "within a few seconds", generously
 CLEAN_STOP_S = 90.0  # the supervisor's own stop: children 10 s, then PostgreSQL up to 20 s
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not WHATSCHED.exists(), reason=f"{WHATSCHED} is not installed (make install)"),
     pytest.mark.skipif(shutil.which("node") is None, reason="`whatsched dev` needs node for the bridge"),
 ]

@@ -37,6 +37,8 @@ from bridge_process import (
 
 from whatsched.db.setup import Prepared
 
+pytestmark = pytest.mark.slow
+
 # Short leases and backoffs so crash recovery and retries happen within a test's time.
 FAST = {
     "DISPATCH_LEASE_S": "3",

@@ -22,10 +22,13 @@ from whatsched.db import embedded
 from whatsched.db.embedded import SERVER_HOME_ENV, SYSTEM_USER, EmbeddedPostgres, free_port
 from whatsched.errors import ConfigError
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0,
-    reason="only root runs the embedded PostgreSQL as another user (run the suite as root, as CI does)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason="only root runs the embedded PostgreSQL as another user (run the suite as root, as CI does)",
+    ),
+]
 
 
 def _modes(paths: Iterable[Path]) -> dict[Path, str]:

@@ -45,6 +45,8 @@ from whatsched.config import Settings
 from whatsched.db.embedded import EmbeddedPostgres, free_port
 from whatsched.db.setup import Prepared, prepare
 
+pytestmark = pytest.mark.slow
+
 GUARD_S = 90  # hang guards only, never speed assertions
 
 

@@ -38,6 +38,8 @@ from schemathesis.config import SchemathesisConfig
 from whatsched.api.app import create_app
 from whatsched.config import Settings
 
+pytestmark = pytest.mark.slow
+
 # Per operation, in the fuzzing phase (the examples and coverage phases add their own cases). A deeper
 # local hunt: FUZZ_EXAMPLES=500 FUZZ_SEED=7 .venv/bin/pytest tests/test_fuzz_api.py
 EXAMPLES_WITH_TOKEN = int(os.environ.get("FUZZ_EXAMPLES", "50"))

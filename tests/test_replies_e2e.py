@@ -29,6 +29,8 @@ from bridge_process import (
 from whatsched.config import Settings
 from whatsched.db.setup import Prepared
 
+pytestmark = pytest.mark.slow
+
 EVENTS = "/api/bridge/events"
 
 

@@ -395,6 +395,7 @@ def http_to(api: ApiProcess) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}", timeout=GUARD_S)
 
 
+@pytest.mark.slow
 async def test_login_limit_holds_across_two_api_processes(apis: tuple[ApiProcess, ApiProcess], make_user: Any) -> None:
     flush_redis()
     user = await make_user()
@@ -410,6 +411,7 @@ async def test_login_limit_holds_across_two_api_processes(apis: tuple[ApiProcess
     assert [r.headers["X-RateLimit-Remaining"] for r in answers[:5]] == ["4", "3", "2", "1", "0"]
 
 
+@pytest.mark.slow
 async def test_schedule_limit_holds_across_two_api_processes(
     apis: tuple[ApiProcess, ApiProcess], make_user: Any, admin: asyncpg.Connection
 ) -> None:
@@ -471,6 +473,7 @@ async def test_tampered_tokens_are_refused_on_http(client: httpx.AsyncClient, re
     assert (kept.status_code, kept.json()["content"]) == (200, "mío")
 
 
+@pytest.mark.slow
 async def test_tampered_tokens_and_someone_elses_path_are_refused_on_the_websocket(
     apis: tuple[ApiProcess, ApiProcess], res: Resources, make_user: Any
 ) -> None:
@@ -491,6 +494,7 @@ async def test_tampered_tokens_and_someone_elses_path_are_refused_on_the_websock
     await ws.close()
 
 
+@pytest.mark.slow
 async def test_another_users_message_cannot_be_subscribed_to_nor_its_events_received(
     apis: tuple[ApiProcess, ApiProcess], client: httpx.AsyncClient, admin: asyncpg.Connection, make_user: Any
 ) -> None:
@@ -545,6 +549,7 @@ def peak_rss(api: ApiProcess) -> int:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.slow
 async def test_zip_bombs_are_refused_without_memory_blowing_up(
     apis: tuple[ApiProcess, ApiProcess], make_user: Any, admin: asyncpg.Connection
 ) -> None:
@@ -567,6 +572,7 @@ async def test_zip_bombs_are_refused_without_memory_blowing_up(
     assert await admin.fetchval("select count(*) from public.contacts where created_by = $1", user.id) == 1
 
 
+@pytest.mark.slow
 async def test_huge_uploads_are_refused_with_413_before_being_read(
     apis: tuple[ApiProcess, ApiProcess], make_user: Any, settings: Settings
 ) -> None:
@@ -617,6 +623,7 @@ async def test_huge_uploads_are_refused_with_413_before_being_read(
         assert (await http.get("/api/health/db")).status_code == 200  # and the process is fine
 
 
+@pytest.mark.slow
 async def test_path_traversal_file_names_never_touch_the_file_system(
     apis: tuple[ApiProcess, ApiProcess], make_user: Any, admin: asyncpg.Connection, tmp_path: Path
 ) -> None:

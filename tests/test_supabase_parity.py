@@ -37,6 +37,8 @@ from whatsched.db import bootstrap
 from whatsched.db.embedded import free_port
 from whatsched.db.setup import Prepared
 
+pytestmark = pytest.mark.slow
+
 WHATSCHED = str(Path(sys.executable).parent / "whatsched")
 AUTH_TABLES = ("auth.users", "auth.sessions", "auth.refresh_tokens")
 PRIVILEGES = ("select", "insert", "update", "delete", "truncate", "references", "trigger")
