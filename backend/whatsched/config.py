@@ -6,11 +6,64 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# The socket's tunables (WS_*), the `realtime` section of Settings.
+class RealtimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # A client must send its auth frame within this many seconds (the guide: 10).
+    ws_auth_timeout_s: float = Field(default=10.0, gt=0)
+    # Frames waiting for one socket; a client that falls this far behind is cut off.
+    ws_send_queue: int = Field(default=256, ge=8)
+    # At most one message_progress per message per interval (the last counts always follow).
+    ws_progress_interval_s: float = Field(default=0.25, ge=0)
+    ws_max_subscriptions: int = Field(default=200, ge=1)
+    # How often the idle LISTEN connection is checked (a half-open TCP connection says nothing).
+    ws_listen_check_s: float = Field(default=15.0, gt=0)
+    ws_reconnect_max_s: float = Field(default=10.0, gt=0)
+
+
+# The dispatcher's knobs (DISPATCH_*), the `dispatch` section of Settings; the careful-sending
+# settings are top-level.
+class DispatchSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_prefix="DISPATCH_", populate_by_name=True
+    )
+
+    # Deliveries claimed and sent concurrently per batch (1 whenever spacing is on).
+    batch_size: int = Field(default=200, ge=1, le=1000)
+    # Batches in flight per worker: one claims while another sends.
+    lanes: int = Field(default=2, ge=1, le=16)
+    # Messages started (fanned out) per step, so one huge start does not delay every send.
+    start_limit: int = Field(default=4, ge=1, le=1000)
+    # Start messages this long before scheduled_for: their deliveries exist (due at scheduled_for)
+    # when the time comes, so the first sends are on time. Nothing is sent early.
+    start_ahead_s: float = Field(default=5.0, ge=0, le=300)
+    # A claimed delivery's lease: after it, another worker re-sends it with the same key.
+    lease_s: float = Field(default=120.0, gt=0)
+    # Transient failures retry with exponential backoff and jitter, then fail.
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_s: float = Field(default=2.0, ge=0)
+    retry_max_s: float = Field(default=300.0, ge=0)
+    # Per bridge call; capped at half the lease so a call always ends while the lease holds.
+    bridge_timeout_s: float = Field(default=30.0, gt=0)
+    housekeeping_s: float = Field(default=15.0, gt=0)
+    # Warm-up for a new WhatsApp number: the daily cap ramps up over this many days (0 = off).
+    warmup_days: int = Field(default=0, ge=0, validation_alias=AliasChoices("SEND_WARMUP_DAYS", "warmup_days"))
+
+    @property
+    def bridge_call_timeout_s(self) -> float:
+        return min(self.bridge_timeout_s, self.lease_s / 2)
+
+
 class Settings(BaseSettings):
+    """Every setting, read once at an entry point (the CLI, create_app) and passed down. The
+    socket's (WS_*) and the dispatcher's (DISPATCH_*) tunables are the nested `realtime` and
+    `dispatch` sections, read with their own environment names when Settings is built."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # Database: empty means the embedded PostgreSQL under DATA_DIR.
@@ -70,6 +123,9 @@ class Settings(BaseSettings):
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     import_max_rows: int = Field(default=200_000, ge=1)
+
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
 
     @field_validator(
         "database_url",

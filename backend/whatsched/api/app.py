@@ -42,7 +42,7 @@ from whatsched.config import Settings, get_settings
 from whatsched.db import pool as db_pool
 from whatsched.db.setup import resolve_app_url
 from whatsched.errors import ConfigError
-from whatsched.realtime import Hub, RealtimeSettings
+from whatsched.realtime import Hub
 from whatsched.rules import publish_settings
 
 
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bridge = BridgeClient(settings.effective_bridge_url, settings.bridge_token, timeout_s=10)
         app.state.resources = build_resources(settings, pool, bridge)
         # One LISTEN connection per process relays database events to this process's sockets.
-        app.state.hub = hub = Hub(url, pool, RealtimeSettings())
+        app.state.hub = hub = Hub(url, pool, settings.realtime)
         await hub.start()
         try:
             yield

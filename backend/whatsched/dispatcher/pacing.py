@@ -14,8 +14,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from whatsched.config import Settings
-from whatsched.dispatcher.settings import DispatchSettings
+from whatsched.config import DispatchSettings, Settings
 from whatsched.errors import ConfigError
 
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")

@@ -31,13 +31,12 @@ import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from whatsched.bridge_client import BridgeClient, BridgeError
-from whatsched.config import Settings
+from whatsched.config import DispatchSettings, Settings
 from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.dispatcher import claim, complete, deliver, fail, rescue
 from whatsched.dispatcher.deliver import Refused
 from whatsched.dispatcher.fail import Failures, RetryPolicy
 from whatsched.dispatcher.pacing import DEFAULT_SENDER, Pacing, sender_key
-from whatsched.dispatcher.settings import DispatchSettings
 
 log = logging.getLogger("whatsched.dispatcher")
 
@@ -67,7 +66,7 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         self.settings = settings
-        self.dispatch = dispatch or DispatchSettings()
+        self.dispatch = dispatch or settings.dispatch
         self.url = url
         self.pacing = Pacing.from_settings(settings, self.dispatch)
         self.retry = RetryPolicy(self.dispatch.max_attempts, self.dispatch.retry_base_s, self.dispatch.retry_max_s)

@@ -2,10 +2,10 @@
 
 `hub` owns the one LISTEN connection per API process and routes events to sockets; `sockets` owns
 one socket's bounded send queue; `session` speaks the protocol with one client; `protocol` names
-the frames; `snapshots` reads a message's current state; `config` holds the tunables.
+the frames; `snapshots` reads a message's current state. Its tunables are whatsched.config.RealtimeSettings
+(Settings.realtime).
 """
 
-from whatsched.realtime.config import RealtimeSettings
 from whatsched.realtime.hub import Hub
 
-__all__ = ["Hub", "RealtimeSettings"]
+__all__ = ["Hub"]

@@ -30,9 +30,9 @@ from typing import Any
 import asyncpg
 
 from whatsched import metrics
+from whatsched.config import RealtimeSettings
 from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.realtime import protocol, snapshots
-from whatsched.realtime.config import RealtimeSettings
 from whatsched.realtime.sockets import Client
 
 log = logging.getLogger("whatsched.realtime")
@@ -57,10 +57,10 @@ class _Throttle:
 
 
 class Hub:
-    def __init__(self, url: str, pool: asyncpg.Pool, config: RealtimeSettings | None = None) -> None:
+    def __init__(self, url: str, pool: asyncpg.Pool, config: RealtimeSettings) -> None:
         self.url = url
         self.pool = pool
-        self.config = config or RealtimeSettings()
+        self.config = config
         self.clients: set[Client] = set()
         self._by_user: dict[str, set[Client]] = {}
         self._by_message: dict[str, set[Client]] = {}
