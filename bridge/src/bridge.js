@@ -30,7 +30,15 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
           backoff,
           log,
         });
-  const events = new EventPublisher({ url: config.eventsUrl, token: config.token, log, backoff: eventBackoff });
+  const events = new EventPublisher({
+    url: config.eventsUrl,
+    token: config.token,
+    dir: config.dataDir, // the queue's journal, events.jsonl
+    maxEvents: config.eventsQueueMaxEvents,
+    maxBytes: config.eventsQueueMaxMb * 1024 * 1024,
+    log,
+    backoff: eventBackoff,
+  });
   const server = createServer({ config, driver, store, log });
 
   driver.on('status', (s) => {
@@ -72,6 +80,8 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     async start({ port = config.port, host = config.host } = {}) {
       url = await server.listen(port, host);
       log(`bridge: listening on ${url} driver=${config.driver} events=${config.eventsUrl || 'off'}`);
+      // Only once the port is ours: a second bridge that cannot listen leaves the journal alone.
+      events.start(); // replays what an earlier run left queued, before any new event
       await driver.start();
       return url;
     },

@@ -35,6 +35,9 @@ export function loadConfig(env = process.env, cwd = process.cwd()) {
     // An explicitly empty BRIDGE_EVENTS_URL disables events, so `??` and not `||`.
     eventsUrl: env.BRIDGE_EVENTS_URL ?? 'http://127.0.0.1:8000/api/bridge/events',
     dataDir: path.resolve(cwd, env.BRIDGE_DATA_DIR || '../.data/bridge'),
+    // The event queue's bound (on disk and in memory); superseded statuses are dropped first.
+    eventsQueueMaxEvents: intVar(env, 'BRIDGE_EVENTS_QUEUE_MAX', 100_000, 1, 10_000_000),
+    eventsQueueMaxMb: intVar(env, 'BRIDGE_EVENTS_QUEUE_MAX_MB', 64, 1, 4096),
     simulatorLatencyMs: intVar(env, 'SIMULATOR_LATENCY_MS', 0, 0, 600_000),
     simulatorAckDelayMs: intVar(env, 'SIMULATOR_ACK_DELAY_MS', 50, 0, 600_000),
   };

@@ -1,8 +1,10 @@
-// Delivers signed events (status changes, message acks) to the backend: an
-// in-memory FIFO queue drained by one worker that retries with backoff, so a
-// slow or absent backend never blocks POST /send.
+// Delivers signed events (status changes, message acks, replies) to the
+// backend: a FIFO queue persisted under BRIDGE_DATA_DIR (see event-queue.js),
+// drained by one worker that retries with backoff, so a slow or absent backend
+// never blocks POST /send, and an accepted event survives a restart or a crash.
 import { createHmac, randomUUID } from 'node:crypto';
 import { SIGNATURE_HEADER, TIMESTAMP_HEADER } from './constants.js';
+import { DurableEventQueue } from './event-queue.js';
 
 /**
  * The signature of one event: hex HMAC-SHA256 of "<timestamp>.<raw body>" keyed with the token.
@@ -18,10 +20,10 @@ export class EventPublisher {
   #url;
   #token;
   #log;
-  #maxQueue;
   #backoff;
   #timeoutMs;
-  #queue = [];
+  #queue = null; // DurableEventQueue when enabled
+  #started = false;
   #running = null; // the worker's promise while it drains the queue
   #closed = false;
   #wake = null; // cuts a backoff sleep short on close()
@@ -29,20 +31,26 @@ export class EventPublisher {
 
   /**
    * @param {object} opts
-   * @param {string} opts.url empty disables publishing
+   * @param {string} opts.url empty disables publishing (and the journal)
    * @param {string} opts.token HMAC key (BRIDGE_TOKEN)
+   * @param {string} [opts.dir] folder of the queue's journal (BRIDGE_DATA_DIR); required when url is set
    * @param {(line: string) => void} [opts.log]
-   * @param {number} [opts.maxQueue] oldest events are dropped beyond it
+   * @param {number} [opts.maxEvents] queue bound in events (superseded statuses are dropped first)
+   * @param {number} [opts.maxBytes] queue bound in bytes of journal lines
+   * @param {number} [opts.flushDelayMs] events arriving within it share one write and fdatasync
    * @param {{initialMs?: number, maxMs?: number}} [opts.backoff]
    * @param {number} [opts.timeoutMs] per POST
    */
-  constructor({ url, token, log = () => {}, maxQueue = 10_000, backoff = {}, timeoutMs = 5000 }) {
+  constructor({ url, token, dir, log = () => {}, maxEvents, maxBytes, flushDelayMs, backoff = {}, timeoutMs = 5000 }) {
     this.#url = url;
     this.#token = token;
     this.#log = log;
-    this.#maxQueue = maxQueue;
     this.#backoff = { initialMs: 500, maxMs: 30_000, ...backoff };
     this.#timeoutMs = timeoutMs;
+    if (url) {
+      if (!dir) throw new TypeError('EventPublisher needs dir (BRIDGE_DATA_DIR) to keep its queue');
+      this.#queue = new DurableEventQueue(dir, { log, maxEvents, maxBytes, flushDelayMs });
+    }
   }
 
   get enabled() {
@@ -50,23 +58,48 @@ export class EventPublisher {
   }
 
   get pending() {
-    return this.#queue.length;
+    return this.#queue?.length ?? 0;
   }
 
-  /** Queue one event; returns at once. Each event gets an event_id so the backend can drop retried duplicates. */
-  publish(event) {
-    if (!this.enabled || this.#closed) return;
-    if (this.#queue.length >= this.#maxQueue) {
-      const dropped = this.#queue.shift();
-      this.#log(`bridge: event queue full (${this.#maxQueue}); dropped oldest ${dropped.type} event ${dropped.event_id}`);
+  /**
+   * Load the events an earlier run left queued and start delivering them, oldest
+   * first. Called by the bridge once it listens (so a second bridge that cannot
+   * get the port never touches the journal); publish() calls it too.
+   * Throws an Error with code EJOURNAL when the journal cannot be read or rewritten.
+   */
+  start() {
+    if (!this.enabled || this.#started || this.#closed) return;
+    let replayed;
+    try {
+      replayed = this.#queue.open();
+    } catch (err) {
+      throw Object.assign(new Error(`cannot use the event journal ${this.#queue.file} (${err.code ?? err.message})`, { cause: err }), { code: 'EJOURNAL' });
     }
-    this.#queue.push({ event_id: randomUUID(), ...event });
-    this.#running ??= this.#drain().finally(() => {
-      this.#running = null;
-    });
+    this.#started = true;
+    if (replayed) {
+      this.#log(`bridge: ${replayed} event(s) queued before the last stop; delivering them first`);
+      this.#kick();
+    }
   }
 
-  /** Stop delivering; waits up to `flushMs` for the queue to empty first. */
+  /**
+   * Queue one event; returns at once. Each event gets an event_id so the backend can drop
+   * retried duplicates. The promise resolves true once the event is on disk (the point from which
+   * it survives a crash), false when publishing is off or the publisher closed before the write.
+   * @returns {Promise<boolean>}
+   */
+  publish(event) {
+    if (!this.enabled || this.#closed) return Promise.resolve(false);
+    this.start();
+    const durable = this.#queue.push({ event_id: randomUUID(), ...event });
+    this.#kick();
+    return durable;
+  }
+
+  /**
+   * Stop delivering; waits up to `flushMs` for the queue to empty first. Whatever is
+   * still queued stays in the journal and is delivered by the next start.
+   */
   async close({ flushMs = 0 } = {}) {
     if (flushMs > 0 && this.#running) {
       await Promise.race([this.#running, new Promise((r) => setTimeout(r, flushMs).unref())]);
@@ -75,16 +108,28 @@ export class EventPublisher {
     this.#wake?.();
     this.#abort.abort();
     await this.#running;
-    if (this.#queue.length) this.#log(`bridge: ${this.#queue.length} event(s) not delivered at shutdown`);
+    if (!this.#queue) return;
+    await this.#queue.close();
+    if (this.#queue.length) {
+      this.#log(`bridge: ${this.#queue.length} event(s) not delivered at shutdown; kept in ${this.#queue.file} for the next start`);
+    }
+  }
+
+  #kick() {
+    this.#running ??= this.#drain().finally(() => {
+      this.#running = null;
+    });
   }
 
   async #drain() {
     let attempt = 0;
-    while (this.#queue.length && !this.#closed) {
-      const event = this.#queue[0];
-      const { outcome, detail } = await this.#post(event);
+    while (!this.#closed) {
+      const event = this.#queue.first();
+      if (!event) break;
+      const { outcome, detail } = await this.#post(event.body);
       if (outcome === 'rejected') this.#log(`bridge: backend rejected ${event.type} event (${detail}); dropping it`);
       if (outcome === 'retry') {
+        if (this.#closed) break;
         // One line per outage, not one per retry.
         if (attempt === 0) this.#log(`bridge: could not deliver ${event.type} event (${detail}); retrying with backoff`);
         const base = Math.min(this.#backoff.maxMs, this.#backoff.initialMs * 2 ** attempt);
@@ -99,16 +144,18 @@ export class EventPublisher {
         this.#wake = null;
         continue;
       }
-      // Delivered, or rejected for good: either way this event is done.
-      if (this.#queue[0] === event) this.#queue.shift();
+      // Delivered, or rejected for good: either way this event is done (a no-op if the bound dropped it meanwhile).
+      this.#queue.done(event);
       if (attempt > 0) this.#log(`bridge: event delivery recovered after ${attempt} retries`);
       attempt = 0;
     }
   }
 
-  /** @returns {Promise<{outcome: 'ok'|'retry'|'rejected', detail?: string}>} */
-  async #post(event) {
-    const body = JSON.stringify(event);
+  /**
+   * POST one event's exact JSON (as journaled, so a replay sends the same bytes and event_id).
+   * @returns {Promise<{outcome: 'ok'|'retry'|'rejected', detail?: string}>}
+   */
+  async #post(body) {
     const timestamp = Math.floor(Date.now() / 1000);
     try {
       const res = await fetch(this.#url, {

@@ -61,6 +61,7 @@ try {
   await bridge.start();
 } catch (err) {
   if (err.code === 'EADDRINUSE') fail(`port ${config.port} is already in use; set BRIDGE_PORT`);
+  if (err.code === 'EJOURNAL') fail(`${err.message}; point BRIDGE_DATA_DIR at a writable directory`);
   if (err.code === 'EACCES') fail(`not allowed to listen on ${config.host}:${config.port}; set BRIDGE_PORT or BRIDGE_HOST`);
   await bridge.stop().catch(() => {});
   throw err;

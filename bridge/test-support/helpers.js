@@ -96,9 +96,10 @@ async function poll(check, deadline, intervalMs, timeoutMs, what) {
 /**
  * A local HTTP server standing in for the backend's events endpoint. It checks
  * every event's HMAC signature the way the backend must, and records both.
- * @param {{failFirst?: number}} [opts] answer 500 to the first n requests
+ * @param {{token?: string, failFirst?: number, port?: number}} [opts] failFirst: answer 500 to the
+ *   first n requests; port: listen on this one (an API that comes back where the bridge looks for it)
  */
-export async function startEventsReceiver(t, { token = TOKEN, failFirst = 0 } = {}) {
+export async function startEventsReceiver(t, { token = TOKEN, failFirst = 0, port = 0 } = {}) {
   const received = []; // {event, signatureValid, timestamp}
   let requests = 0;
   const server = http.createServer((req, res) => {
@@ -118,7 +119,7 @@ export async function startEventsReceiver(t, { token = TOKEN, failFirst = 0 } = 
       res.writeHead(204).end();
     });
   });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
   t.after(() => new Promise((resolve) => server.close(resolve)));
   return { url: `http://127.0.0.1:${server.address().port}/api/bridge/events`, received, requests: () => requests };
 }

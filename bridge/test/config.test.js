@@ -18,6 +18,8 @@ test('defaults run the simulator with the dev token and paths beside the repo', 
   assert.equal(config.eventsUrl, 'http://127.0.0.1:8000/api/bridge/events');
   assert.equal(config.simulatorLatencyMs, 0);
   assert.equal(config.simulatorAckDelayMs, 50);
+  assert.equal(config.eventsQueueMaxEvents, 100_000);
+  assert.equal(config.eventsQueueMaxMb, 64);
 });
 
 test('an empty BRIDGE_EVENTS_URL disables events and puppeteer args split on spaces', () => {
@@ -29,6 +31,8 @@ test('an empty BRIDGE_EVENTS_URL disables events and puppeteer args split on spa
 test('bad numbers and unknown drivers are rejected with one sentence', () => {
   assert.throws(() => loadConfig({ BRIDGE_PORT: 'abc' }), /BRIDGE_PORT must be an integer/);
   assert.throws(() => loadConfig({ WHATSAPP_DRIVER: 'baileys' }), /WHATSAPP_DRIVER must be one of simulator, wwebjs/);
+  assert.throws(() => loadConfig({ BRIDGE_EVENTS_QUEUE_MAX: '0' }), /BRIDGE_EVENTS_QUEUE_MAX must be an integer between 1 and/);
+  assert.equal(loadConfig({ BRIDGE_EVENTS_QUEUE_MAX_MB: '8' }).eventsQueueMaxMb, 8);
 });
 
 test('the wwebjs driver without BRIDGE_TOKEN exits 1 with one clear sentence', async (t) => {
