@@ -18,7 +18,8 @@ export const NO_CHROMIUM = existsSync(CHROMIUM) ? false : `${CHROMIUM} is not in
 /** A temporary directory removed when the test ends. */
 export function tempDir(t, prefix = 'bridge-test-') {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // Retries: a browser's helper processes may still be writing into its profile as it closes.
+  t.after(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }));
   return dir;
 }
 
