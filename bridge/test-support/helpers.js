@@ -18,8 +18,16 @@ export const NO_CHROMIUM = existsSync(CHROMIUM) ? false : `${CHROMIUM} is not in
 /** A temporary directory removed when the test ends. */
 export function tempDir(t, prefix = 'bridge-test-') {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
-  // Retries: a browser's helper processes may still be writing into its profile as it closes.
-  t.after(() => rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }));
+  // node:test runs `after` hooks in the order they were added, so this one may run before the hook
+  // that stops what writes here: retry a while, and never let a leftover folder fail the test (a
+  // failed hook would skip the hooks after it, such as closing a browser).
+  t.after(() => {
+    try {
+      rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+    } catch (err) {
+      console.error(`test cleanup: could not remove ${dir}: ${err.code}`);
+    }
+  });
   return dir;
 }
 

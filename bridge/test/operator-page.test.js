@@ -2,19 +2,22 @@
 // status, and see the QR image render when WhatsApp needs a scan.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CHROMIUM, NO_CHROMIUM, TOKEN, startBridge, tempDir, waitFor } from '../test-support/helpers.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CHROMIUM, NO_CHROMIUM, TOKEN, startBridge, waitFor } from '../test-support/helpers.js';
 
 const LAUNCH_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 async function openPage(t, url) {
   const { default: puppeteer } = await import('puppeteer-core');
-  const browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: LAUNCH_ARGS,
-    userDataDir: tempDir(t, 'bridge-page-profile-'),
+  const profile = mkdtempSync(path.join(os.tmpdir(), 'bridge-page-profile-'));
+  const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: LAUNCH_ARGS, userDataDir: profile });
+  // The browser first, then its profile (one hook: node:test runs `after` hooks in the order added).
+  t.after(async () => {
+    await browser.close();
+    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   });
-  t.after(() => browser.close());
   const page = await browser.newPage();
   const problems = [];
   page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
