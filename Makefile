@@ -4,15 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := bridge/node_modules/.installed
+JS_STAMP := clients/js/node_modules/.installed
 
-.PHONY: dev test lint pytest node-test install clean
+.PHONY: dev test lint pytest node-test js-test install clean
 
 dev: install
 	$(BIN)/whatsched dev
 
-test: install lint pytest node-test
+test: install lint pytest node-test js-test
 
-install: $(PY_STAMP) $(NODE_STAMP)
+install: $(PY_STAMP) $(NODE_STAMP) $(JS_STAMP)
 
 $(PY_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "whatsched needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -36,5 +37,12 @@ pytest: $(PY_STAMP)
 node-test: $(NODE_STAMP)
 	cd bridge && npm test
 
+$(JS_STAMP): clients/js/package.json clients/js/package-lock.json
+	cd clients/js && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+js-test: $(PY_STAMP) $(NODE_STAMP) $(JS_STAMP)
+	cd clients/js && npm test
+
 clean:
-	rm -rf $(VENV) bridge/node_modules
+	rm -rf $(VENV) bridge/node_modules clients/js/node_modules clients/js/dist

@@ -12,6 +12,9 @@ the next one something to work on), and, in schema-valid bodies only, id lists, 
 sync paths and the import file. Every third example keeps the fuzzer's values; in a
 schema-violating (hostile) example only well-formed path ids are swapped, never the hostile part. Generation is deterministic and bounded,
 so a run is repeatable and fits CI (`make test`).
+
+A third run turns every check Schemathesis has on (seed 4242, 25 examples): undeclared methods answer
+405 with an exact `Allow`, schema-violating values (a number for a date) are refused, and the rest.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from api_processes import ApiProcess
 from bridge_process import BridgeProcess
 from hypothesis import settings as hypothesis_settings
 from schemathesis.config import SchemathesisConfig
+from schemathesis.transport.serialization import Binary
 
 from whatsched.api.app import create_app
 from whatsched.config import Settings
@@ -126,7 +130,9 @@ class Owned:
     used: Counter[str] = field(default_factory=Counter)
     phones: Iterator[int] = field(default_factory=lambda: itertools.count(81000000))
 
-    def adapt(self, case: schemathesis.Case) -> None:
+    def adapt(self, case: schemathesis.Case, csv: bool = True) -> None:
+        """csv=False keeps the generated import file: Schemathesis judges any edited body holding a
+        file schema-violating, which the every-check run would then expect refused."""
         label = case.operation.label
         mine = self.rows[label]
         n = self.used[label]
@@ -137,15 +143,15 @@ class Owned:
         kinds = [name for name in path if name in ID_KINDS]
         if kinds and all(_is_uuid(path[k]) for k in kinds):
             case.path_parameters = {**path, **{k: mine[k][n % STOCK] for k in kinds}}
-        if case.meta is None or case.meta.generation.mode != schemathesis.GenerationMode.POSITIVE:
+        if _hostile(case):
             return  # hostile inputs stay exactly as generated
         if isinstance(case.body, dict):
-            case.body = self._body(label, case.body, mine, n)
+            case.body = self._body(label, case.body, mine, n, csv)
 
     def _phone(self) -> str:
         return f"+569{next(self.phones)}"  # a Chilean mobile number: valid, and new each time
 
-    def _body(self, label: str, body: dict[str, Any], mine: dict[str, list[str]], n: int) -> dict[str, Any]:
+    def _body(self, label: str, body: dict[str, Any], mine: dict[str, list[str]], n: int, csv: bool) -> dict[str, Any]:
         body = dict(body)
         if isinstance(body.get("phone"), str):
             body["phone"] = self._phone()
@@ -154,7 +160,7 @@ class Owned:
         for key, kind in (("group_ids", "group_id"), ("contact_ids", "contact_id")):
             if isinstance(body.get(key), list) and body[key]:
                 body[key] = [mine[kind][(n + i) % STOCK] for i in range(min(len(body[key]), STOCK))]
-        if label == "POST /api/contacts/import" and "file" in body:
+        if label == "POST /api/contacts/import" and "file" in body and csv:
             body["file"] = self._csv()
         if label == "POST /api/sync" and isinstance(body.get("operations"), list):
             body["operations"] = [
@@ -163,7 +169,7 @@ class Owned:
             ]
         return body
 
-    def _csv(self) -> bytes:
+    def _csv(self) -> Binary:
         """Spanish headers, a new phone, a national number, a repeated one and a bad one."""
         first, second = self._phone(), self._phone()
         rows = [
@@ -173,7 +179,7 @@ class Owned:
             f"Ana otra vez;{first};",
             "Nadie;12;no-es-correo",
         ]
-        return ("\n".join(rows) + "\n").encode()
+        return Binary(("\n".join(rows) + "\n").encode())
 
     @staticmethod
     def _sync_path(mine: dict[str, list[str]], i: int) -> str:
@@ -192,6 +198,15 @@ class Owned:
             f"/api/notifications/{x}",
         )
         return paths[i % len(paths)]
+
+
+def _hostile(case: schemathesis.Case) -> bool:
+    """Schema-violating anywhere: the case's mode, or one of its parts (the coverage phase marks a
+    negative body in an otherwise positive case)."""
+    meta = case.meta
+    if meta is None or meta.generation.mode != schemathesis.GenerationMode.POSITIVE:
+        return True
+    return any(info.mode.is_negative for info in meta.components.values())
 
 
 def _message_statuses(label: str) -> list[str]:
@@ -349,10 +364,129 @@ async def test_values_the_fuzzer_found_are_refused_with_422(
         assert [e["field"] for e in answer.json()["errors"]] == [field]
 
 
+# What the every-check run found, kept as plain tests (api/methods.py, api/common.py).
+UNDECLARED = [  # method, path, Allow
+    ("PUT", "/api/messages/dashboard", "GET"),  # was read as PUT /api/messages/{message_id}: 422
+    ("DELETE", "/api/notifications/unread-count", "GET"),
+    ("PUT", "/api/contacts/import", "POST"),
+    ("OPTIONS", "/api/messages", "GET, POST"),  # was Allow: GET
+    ("PATCH", "/api/messages/00000000-0000-4000-8000-000000000000", "GET, PUT, DELETE"),
+    ("POST", "/api/groups/not-even-a-uuid", "GET, PUT, DELETE"),
+    ("HEAD", "/api/health", "GET"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), UNDECLARED)
+async def test_a_method_the_path_does_not_declare_is_405_with_allow(
+    client: httpx.AsyncClient, make_user: Any, method: str, path: str, allow: str
+) -> None:
+    user = await make_user()
+    answer = await client.request(method, path, headers=user.headers)
+    assert answer.status_code == 405, answer.text
+    assert answer.headers["allow"] == allow
+    if method != "HEAD":
+        assert answer.json()["code"] == "method_not_allowed"
+        assert answer.json()["errors"] == []
+
+
+async def test_preflights_and_declared_methods_still_pass(client: httpx.AsyncClient, make_user: Any) -> None:
+    user = await make_user()
+    preflight = await client.options(
+        "/api/messages/dashboard",
+        headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert (await client.get("/api/messages/dashboard", headers=user.headers)).status_code == 200
+    assert (await client.get("/api/nowhere", headers=user.headers)).status_code == 404
+
+
+REFUSED_QUERIES = [  # path, the field the 422 names
+    ("/api/messages?to=0.5", "to"),  # was read as a Unix time
+    ("/api/messages?created_from=1700000000", "created_from"),
+    ("/api/analytics/messages?to=0", "to"),
+    ("/api/reports/export?from=20250101", "from"),
+    ("/api/analytics/messages?to=2025-01-27T00:00:00", "to"),  # a date takes YYYY-MM-DD only
+    ("/api/groups?q=a&q=b", "q"),  # a single-valued parameter given twice (FastAPI kept the last)
+]
+
+
+@pytest.mark.parametrize(("path", "field"), REFUSED_QUERIES)
+async def test_numbers_for_dates_and_repeated_single_values_are_422(
+    client: httpx.AsyncClient, make_user: Any, path: str, field: str
+) -> None:
+    user = await make_user()
+    answer = await client.get(path, headers=user.headers)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == "validation_error"
+    assert [e["field"] for e in answer.json()["errors"]] == [field]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/messages?to=2025-01-27T10:00:00Z&from=2025-01-01T00:00:00%2B01:00",
+        "/api/messages?created_from=2025-01-27T10:00:00",  # no offset: read in the profile's timezone
+        "/api/messages?created_to=2025-01-27",
+        "/api/messages?status=draft&status=sent",  # an array parameter may repeat
+        "/api/analytics/messages?from=2025-01-01&to=2025-01-31",
+    ],
+)
+async def test_iso_dates_and_repeated_arrays_are_accepted(client: httpx.AsyncClient, make_user: Any, path: str) -> None:
+    user = await make_user()
+    answer = await client.get(path, headers=user.headers)
+    assert answer.status_code == 200, answer.text
+
+
 def test_the_api_serves_the_schema_that_is_fuzzed(fuzz_api: ApiProcess, http: requests.Session) -> None:
     served = http.get(base_url(fuzz_api) + "/openapi.json", timeout=30).json()
     assert served == DOCUMENTED
     assert len(OPERATIONS) >= 46
+
+
+# Every check Schemathesis has, in every phase `parametrize` runs (examples, coverage, fuzzing; the
+# stateful phase needs links our document does not have), on a fixed seed and fewer examples, so it is
+# the same run each time and fits CI. Among the checks: a method a path does not declare answers 405
+# with an `Allow` header listing exactly the declared ones (api/methods.py), and a number for a date or
+# date-time query parameter is refused (api/common.py's QueryDate, QueryDateTime). Two settings say
+# what our API is, rather than what the checks assume:
+# - unknown query parameters and body properties are ignored, as everywhere (allow-extra-parameters);
+# - a schema-valid request may be refused 422 by a rule the document does not state (a name blank once
+#   trimmed, a cron expression, a country code, a range of at most 366 days, content, spam and send-time
+#   rules), always with our error body naming the field; 400 or 415 for a schema-valid request still fail.
+STRICT_SEED = 4242
+STRICT_EXAMPLES = 25
+POSITIVE_REFUSALS = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+
+
+def strict_config() -> SchemathesisConfig:
+    return SchemathesisConfig.from_dict(
+        {
+            "seed": STRICT_SEED,
+            "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large", "large_base_example"],
+            "generation": {
+                "mode": "all",
+                "max-examples": STRICT_EXAMPLES,
+                "database": "none",
+                "no-shrink": True,
+                "allow-extra-parameters": False,
+            },
+            "phases": {phase: {"enabled": True} for phase in ("examples", "coverage", "fuzzing")},
+            "checks": {"enabled": True, "positive_data_acceptance": {"expected-statuses": POSITIVE_REFUSALS}},
+            "request-timeout": 60,
+        }
+    )
+
+
+strict_schema = schemathesis.openapi.from_dict(DOCUMENTED, config=strict_config())
+
+
+@strict_schema.parametrize()
+def test_every_operation_passes_every_check(
+    case: schemathesis.Case, fuzz_api: ApiProcess, owned: Owned, http: requests.Session
+) -> None:
+    owned.adapt(case, csv=False)
+    call("every check", case, fuzz_api, http, {"Authorization": f"Bearer {owned.token}"})
 
 
 @schema.parametrize()

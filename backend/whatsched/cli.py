@@ -104,9 +104,21 @@ def migrate(
             embedded.stop()
 
 
+# On SIGTERM an API process stops accepting, closes its sockets with 1001 (going away: clients
+# reconnect elsewhere), lets requests in flight finish for at most this long, then cancels them.
+GRACEFUL_TIMEOUT_S = 20
+
+
 @app.command()
 @clear_errors
-def api() -> None:
+def api(
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="API processes on this machine (uvicorn workers sharing the port)."
+    ),
+    graceful_timeout: int = typer.Option(
+        GRACEFUL_TIMEOUT_S, "--graceful-timeout", min=0, help="Seconds requests in flight may take after SIGTERM."
+    ),
+) -> None:
     """Serve the HTTP and WebSocket API."""
     import uvicorn
 
@@ -123,11 +135,43 @@ def api() -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level="info",
+        workers=workers,
+        timeout_graceful_shutdown=graceful_timeout,
+        # uvicorn's own WebSocket protocol, closing sockets with 1001 instead of 1012 on shutdown.
+        ws="whatsched.realtime.hub:GoingAwayWebSockets",
         ws_ping_interval=20,
         ws_ping_timeout=20,
         # Events are ~200 B of JSON: permessage-deflate saves little and holds ~50 KB of zlib state per socket.
         ws_per_message_deflate=False,
     )
+
+
+@app.command()
+@clear_errors
+def doctor(
+    bridge_dir: Path | None = typer.Option(
+        None, "--bridge-dir", help="The bridge's folder (package.json, node_modules); default: the checkout's bridge/."
+    ),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1, help="Seconds each network check may take."),
+) -> None:
+    """Check the configuration as production will use it: one line per check, exit 1 on any error."""
+    from pydantic import ValidationError
+
+    from whatsched import doctor as checks
+
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for problem in exc.errors():
+            name = ".".join(str(part) for part in problem["loc"]).upper() or "settings"
+            typer.secho(checks.error("settings", f"{name}: {problem['msg']}", "fix the variable").line(), fg="red")
+        raise typer.Exit(1) from None
+    findings = asyncio.run(checks.run(settings, bridge_dir=bridge_dir, timeout_s=timeout))
+    colors = {"ok": typer.colors.GREEN, "warning": typer.colors.YELLOW, "error": typer.colors.RED}
+    for finding in findings:
+        typer.secho(finding.line(), fg=colors[finding.level])
+    typer.echo(f"doctor: {checks.summary(findings)}")
+    raise typer.Exit(1 if any(f.level == "error" for f in findings) else 0)
 
 
 @app.command()

@@ -8,11 +8,9 @@ from contextlib import asynccontextmanager
 import asyncpg
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
 
 from whatsched import __version__
-from whatsched.api import errors
+from whatsched.api import docs, errors, methods
 from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
 from whatsched.api.routes import (
@@ -91,11 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Schedule WhatsApp messages: messages, groups, contacts, notifications, analytics.",
         lifespan=lifespan,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # /docs, /swagger and /redoc come from api/docs.py, assets included
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.add_middleware(errors.UnexpectedErrors)  # inside CORS: a 500 carries the CORS headers too
+    app.add_middleware(methods.AsDeclared)  # 405 + Allow, one value per scalar query parameter; inside CORS
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.origins,
@@ -130,11 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(sync.router)
     app.include_router(metrics_routes.router)
-
-    @app.get("/swagger", include_in_schema=False)
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="whatsched API")
-
+    docs.install(app)
     return app
 
 

@@ -1,20 +1,44 @@
-"""What every router shares: UTC timestamps with Z (whatsched.models), the page shape, and audit
-from a request."""
+"""What every router shares: UTC timestamps with Z (whatsched.models), the page shape, date and
+date-time query parameters, and audit from a request."""
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from whatsched import audit
 from whatsched.api.deps import Caller
 from whatsched.models import UtcDateTime, utc_iso
 
-__all__ = ["Page", "UtcDateTime", "audit_action", "utc_iso"]
+__all__ = ["Page", "QueryDate", "QueryDateTime", "UtcDateTime", "audit_action", "utc_iso"]
 
 T = TypeVar("T")
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(kind: str, example: str, whole: bool) -> Any:
+    """Pydantic reads a bare number as a Unix time (`?to=0.5` was 1970-01-01T00:00:00.5Z); the schema
+    says `format: date` / `date-time`, so a query value must be ISO 8601 text. What passes is then
+    parsed by pydantic as before (a date-time without offset stays naive: the route localizes it)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if (_ISO_DATE.fullmatch(text) if whole else _ISO_DATE.match(text)) is None:
+                raise ValueError(f"must be an ISO 8601 {kind} such as {example}")
+        return value
+
+    return BeforeValidator(check)
+
+
+# Query parameters documented as `format: date-time` / `format: date` that refuse numbers with 422.
+QueryDateTime = Annotated[datetime, _iso_text("date-time", "2025-01-27T10:00:00Z", whole=False)]
+QueryDate = Annotated[date, _iso_text("date", "2025-01-27", whole=True)]
 
 
 class Page(BaseModel, Generic[T]):

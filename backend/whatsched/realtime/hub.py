@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from whatsched import metrics
 from whatsched.config import RealtimeSettings
@@ -328,6 +329,26 @@ class Hub:
             _count(client, message_id)
             for frame in frames:
                 client.push(frame)
+
+
+class GoingAwayWebSockets(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (the one it picks by default), except that when the server
+    stops, open sockets are closed with 1001 "going away" rather than uvicorn's 1012: on SIGTERM
+    uvicorn closes every connection itself, before the application's lifespan (and so Hub.stop)
+    runs, so this is where the close code is chosen. `whatsched api` runs uvicorn with it
+    (`ws="whatsched.realtime.hub:GoingAwayWebSockets"`, an import string, so it reaches every
+    worker process). A client that sees 1001 reconnects, to another API process."""
+
+    def shutdown(self) -> None:
+        if self.handshake_complete and not self.close_sent:
+            self.stop_keepalive()
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": protocol.CLOSE_GOING_AWAY})
+            self.conn.send_close(protocol.CLOSE_GOING_AWAY, "server shutting down")
+            self.close_sent = True
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
+            return
+        super().shutdown()
 
 
 def _setter(event: asyncio.Event) -> Any:

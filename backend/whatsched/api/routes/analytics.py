@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from whatsched.analytics import queries
-from whatsched.api.common import Page, audit_action
+from whatsched.api.common import Page, QueryDate, audit_action
 from whatsched.api.deps import Caller, CallerDep, PagingDep, Resources, ResourcesDep, UserConn
 from whatsched.api.errors import ApiError, responses
 from whatsched.api.routes.health import WhatsAppComponent, check_whatsapp
@@ -194,10 +194,10 @@ async def dashboard(
 @router.get("/messages", response_model=MessagesAnalytics, responses=responses(401, 403, 422))
 async def messages(
     *,
-    from_: date | None = Query(
+    from_: QueryDate | None = Query(
         None, alias="from", description="first day (YYYY-MM-DD, 1970 to 9998); default: 29 days before `to`"
     ),
-    to: date | None = Query(None, description="last day, included (YYYY-MM-DD, 1970 to 9998); default: today"),
+    to: QueryDate | None = Query(None, description="last day, included (YYYY-MM-DD, 1970 to 9998); default: today"),
     scope: Scope = SCOPE,
     who: CallerDep,
     conn: UserConn,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
 from fastapi import APIRouter, Body, Query, Response
 
-from whatsched.api.common import audit_action
+from whatsched.api.common import QueryDateTime, audit_action
 from whatsched.api.deps import Caller, CallerDep, PagingDep, Resources, ResourcesDep, UserConn
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.auth.queries import is_admin
@@ -103,10 +102,10 @@ async def list_messages(
     *,
     status: list[str] | None = Query(None, description="Repeat or comma-separate: draft,scheduled,..."),
     q: str | None = Query(None, max_length=200, description="Text in the content (case-insensitive)"),
-    scheduled_from: datetime | None = Query(None, alias="from", description="scheduled_for ≥ this"),
-    scheduled_to: datetime | None = Query(None, alias="to", description="scheduled_for < this"),
-    created_from: datetime | None = Query(None),
-    created_to: datetime | None = Query(None),
+    scheduled_from: QueryDateTime | None = Query(None, alias="from", description="scheduled_for ≥ this"),
+    scheduled_to: QueryDateTime | None = Query(None, alias="to", description="scheduled_for < this"),
+    created_from: QueryDateTime | None = Query(None),
+    created_to: QueryDateTime | None = Query(None),
     group_id: UUID | None = Query(None),
     sort: Sort = Query("-created_at"),
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's messages (admins only)"),

@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from openpyxl import Workbook
 from starlette.concurrency import run_in_threadpool
 
-from whatsched.api.common import audit_action
+from whatsched.api.common import QueryDate, audit_action
 from whatsched.api.deps import Caller, CallerDep, Resources, ResourcesDep
 from whatsched.api.errors import ApiError, responses
 from whatsched.auth.queries import is_admin
@@ -142,8 +142,10 @@ async def export(
     *,
     format: Format = Query("csv", description="csv or xlsx"),
     type: ReportType = Query("messages", description="what to export (default: messages)"),
-    from_: date | None = Query(None, alias="from", description="first day of creation (YYYY-MM-DD, your timezone)"),
-    to: date | None = Query(None, description="last day of creation, included"),
+    from_: QueryDate | None = Query(
+        None, alias="from", description="first day of creation (YYYY-MM-DD, your timezone)"
+    ),
+    to: QueryDate | None = Query(None, description="last day of creation, included"),
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's rows (admins only)"),
     who: CallerDep,
     res: ResourcesDep,
