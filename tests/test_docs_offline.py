@@ -225,6 +225,9 @@ async def render(tools: DevTools, url: str, origin: str, expect: str) -> tuple[s
         await tools.call("Target.closeTarget", {"targetId": target})
 
 
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ["/docs", "/swagger", "/redoc"])
 async def test_docs_render_in_a_browser_that_can_reach_only_the_api(browser: DevTools, api_url: str, path: str) -> None:
@@ -234,5 +237,12 @@ async def test_docs_render_in_a_browser_that_can_reach_only_the_api(browser: Dev
         f" text: {text[:500]!r}"
     )
     assert blocked == [], f"{path} tried to load from outside the API: {blocked}"
-    violations = [e for e in errors if "Content Security Policy" in e or "Refused to" in e]
+    violations = [
+        e
+        for e in errors
+        if ("Content Security Policy" in e or "Refused to" in e)
+        # ReDoc's bundle hard-codes its "API docs by Redocly" footer logo on its CDN; the policy stops
+        # it (that is the point) and nothing the reader needs depends on it. Anything else fails.
+        and REDOC_LOGO not in e
+    ]
     assert violations == [], f"{path} broke its own Content-Security-Policy: {violations}"
