@@ -36,6 +36,17 @@ begin
 end;
 $$;
 
+-- Whether the statement runs as a user (the API's user transactions and supabase-js alike) rather
+-- than as the service, the worker or an owner: the one test every "users may not" rule uses.
+create or replace function private.acting_as_user()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select current_user in ('anon', 'authenticated');
+$$;
+
 -- Asking Postgres to convert a time is instant; scanning pg_timezone_names costs ~80 ms per call.
 create or replace function private.is_timezone(tz text)
 returns boolean
@@ -299,7 +310,7 @@ set search_path = ''
 as $$
 begin
   -- Nobody acting as a user (through the API or supabase-js) may rewrite history.
-  if current_user in ('anon', 'authenticated') then
+  if private.acting_as_user() then
     raise exception 'the audit log is append-only' using errcode = '42501';
   end if;
   return coalesce(new, old);

@@ -82,7 +82,7 @@ set search_path = ''
 as $$
 begin
   if new.role is distinct from old.role
-     and current_user in ('anon', 'authenticated')
+     and private.acting_as_user()
      and not (select private.is_admin()) then
     raise exception 'only an admin can change a role' using errcode = '42501';
   end if;

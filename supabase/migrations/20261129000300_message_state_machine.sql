@@ -21,15 +21,6 @@
 --   WS427 spam_suspected         WS429 rate_limited
 -- =============================================================================
 
-create or replace function private.acting_as_user()
-returns boolean
-language sql
-stable
-set search_path = ''
-as $$
-  select current_user in ('anon', 'authenticated');
-$$;
-
 -- The send-time rules of scheduling (a minute of grace for clock skew between the client and us).
 create or replace function private.check_send_time(p_at timestamptz)
 returns void

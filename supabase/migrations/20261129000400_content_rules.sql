@@ -397,7 +397,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  if current_user in ('anon', 'authenticated') then
+  if private.acting_as_user() then
     perform private.take_rate('group_create');
   end if;
   return new;

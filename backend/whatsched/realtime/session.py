@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 from starlette.websockets import WebSocket, WebSocketState
 
+from whatsched.auth import queries as auth_queries
 from whatsched.auth.tokens import InvalidToken, Verifier
 from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.db.pool import user_tx
@@ -37,7 +38,7 @@ class Refused(Exception):
 
 async def is_admin(pool: asyncpg.Pool, claims: Mapping[str, Any]) -> bool:
     async with user_tx(pool, claims) as conn:
-        return bool(await conn.fetchval("select private.is_admin()"))
+        return await auth_queries.is_admin(conn)
 
 
 async def check_token(verifier: Verifier, pool: asyncpg.Pool, token: str, user_id: str) -> dict[str, Any]:
