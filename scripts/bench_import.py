@@ -15,8 +15,8 @@ changed, with on_duplicate=update, so every contact is really updated.
 Prints, per run: end-to-end seconds, rows/s, peak RSS of the API process alone and with its
 children, the server's own timings (Server-Timing: read = decode + parse the file; phones = from
 the first number sent to the pool to the last parsed; phones_cpu = CPU seconds of that parsing;
-validate = checks and duplicates; write = time in Postgres; wait = Postgres idle, waiting for
-numbers; commit) and the share of the end-to-end time spent parsing phones. Parsing overlaps the
+validate = checks and duplicates; names = Postgres judging the names, on a second connection
+while the first writes; write = time in Postgres; wait = Postgres idle, waiting for numbers; commit) and the share of the end-to-end time spent parsing phones. Parsing overlaps the
 writes (Postgres writes batch k while the workers parse batch k+1), so the shares do not add up.
 The load average is printed too: other work on the machine moves these figures a lot.
 Target on a 2-core machine: < 5 s, < 400 MB.
@@ -271,7 +271,7 @@ def main() -> None:
                     f"  peak RSS          API process {sampler.peak_main / 1e6:.0f} MB;"
                     f" with children {sampler.peak_total / 1e6:.0f} MB (children alone {sampler.peak_children / 1e6:.0f} MB)"
                 )
-                order = ("read", "phones", "phones_cpu", "validate", "write", "wait", "commit", "total")
+                order = ("read", "phones", "phones_cpu", "validate", "names", "write", "wait", "commit", "total")
                 print("  server timings    " + "  ".join(f"{k} {timings[k]:.2f} s" for k in order if k in timings))
                 parse, cpu = timings.get("phones", 0.0), timings.get("phones_cpu", 0.0)
                 print(

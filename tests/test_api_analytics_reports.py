@@ -20,7 +20,7 @@ from whatsched.api.deps import Resources
 from whatsched.db.pool import user_tx
 
 TODAY = datetime.now(UTC).date()
-EVIL_NAME = '=HYPERLINK("http://evil.example/x","click")'
+EVIL_NAME = '=HYPERLINK(A1&B1,"click")'  # names hold no links, so no address in it
 
 
 def _at(day: date, hour: int) -> datetime:

@@ -10,6 +10,7 @@ import pytest
 
 from whatsched.db import bootstrap, migrate
 from whatsched.db.setup import Prepared
+from whatsched.errors import ConfigError
 
 
 async def test_every_migration_is_recorded_where_the_supabase_cli_looks(admin: asyncpg.Connection) -> None:
@@ -22,6 +23,25 @@ async def test_every_migration_is_recorded_where_the_supabase_cli_looks(admin: a
 
 async def test_a_second_run_finds_nothing_pending(admin: asyncpg.Connection) -> None:
     assert await migrate.migrate(admin) == []
+    assert await migrate.pending(admin) == []
+
+
+async def test_a_migration_edited_after_it_was_applied_is_refused_in_one_sentence(admin: asyncpg.Connection) -> None:
+    first = migrate.discover()[0]
+    tx = admin.transaction()
+    await tx.start()
+    try:
+        await admin.execute(
+            "update supabase_migrations.schema_migrations set statements = array[$2] where version = $1",
+            first.version,
+            first.sql + "\n-- an earlier edit",
+        )
+        with pytest.raises(ConfigError) as err:
+            await migrate.pending(admin)
+        assert first.version in str(err.value) and "recreate it" in str(err.value)
+    finally:
+        await tx.rollback()
+    # Positive control: the file as applied is not flagged.
     assert await migrate.pending(admin) == []
 
 

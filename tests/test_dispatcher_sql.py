@@ -5,6 +5,7 @@ fixed within a transaction, which makes leases and backoffs exact to check."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,12 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-from bridge_process import new_message, new_owner, numbers
+from bridge_process import name_for, new_message, new_owner, numbers
 
 from whatsched.dispatcher.pacing import QuietHours, parse_quiet_hours
 
-NO_PACING = ("default", 0.0, 0.0, 0, 0, 0, None, None)
+# private.claim_deliveries takes one named request; pacing keys left out are off.
+NO_PACING: dict[str, Any] = {}
 
 
 @pytest.fixture
@@ -56,14 +58,11 @@ async def started(db: asyncpg.Connection, recipients: int, series: int, owner: u
     return message
 
 
-async def claim(db: asyncpg.Connection, worker: str, limit: int, pacing: tuple[Any, ...] = NO_PACING) -> list[Any]:
-    return await as_service(
-        db,
-        "select * from private.claim_deliveries($1, $2, 60, $3, $4, $5, $6, $7, $8, $9, $10)",
-        worker,
-        limit,
-        *pacing,
-    )
+async def claim(db: asyncpg.Connection, worker: str, limit: int, pacing: dict[str, Any] = NO_PACING) -> list[Any]:
+    """The deliveries this claim marked sending (what the worker sends)."""
+    request = {"worker": worker, "batch_limit": limit, "lease_seconds": 60, **pacing}
+    rows = await as_service(db, "select * from private.claim_deliveries($1::jsonb)", json.dumps(request))
+    return [r for r in rows if r["state"] == "sending"]
 
 
 async def test_claim_messages_fans_out_once_and_only_when_due(db: asyncpg.Connection) -> None:
@@ -93,7 +92,8 @@ async def test_claims_share_the_batch_across_messages_and_skip_paused_ones(db: a
     batch = await claim(db, "w1", 6)
     assert sorted(str(r["message_id"]) for r in batch) == sorted([str(a)] * 3 + [str(b)] * 3)
     assert {r["attempts"] for r in batch} == {1}
-    assert {r["content"] for r in batch} == {"Hola {{name}}!"}
+    # Each comes rendered for its recipient (contacts are named name_for(phone)).
+    assert all(r["body"] == f"Hola {name_for(r['phone'])}!" for r in batch)
     rows = await db.fetch(
         "select state, claimed_by, lease_expires_at - now() as lease from public.deliveries where id = any($1)",
         [r["id"] for r in batch],
@@ -244,14 +244,14 @@ async def test_acks_never_move_a_delivery_backwards(db: asyncpg.Connection) -> N
 
 async def test_spacing_allows_one_send_per_claim_and_caps_hold_further_claims(db: asyncpg.Connection) -> None:
     await started(db, 5, 49)
-    spaced = ("+1555", 10.0, 20.0, 0, 0, 0, None, None)
+    spaced = {"sender": "+1555", "spacing_min_s": 10.0, "spacing_max_s": 20.0}
     assert len(await claim(db, "w1", 5, spaced)) == 1
     wait = await db.fetchval("select next_send_at - now() from private.senders where sender = '+1555'")
     assert timedelta(seconds=10) <= wait <= timedelta(seconds=20)
     assert await claim(db, "w1", 5, spaced) == []  # too soon
     assert await db.fetchval("select private.next_wake_at('+1555', 0) - now()") == wait
 
-    capped = ("+1666", 0.0, 0.0, 3, 0, 0, None, None)
+    capped = {"sender": "+1666", "hourly_cap": 3}
     assert len(await claim(db, "w1", 5, capped)) == 3
     assert await claim(db, "w1", 5, capped) == []
     held = await db.fetchval("select next_send_at - now() from private.senders where sender = '+1666'")
@@ -260,7 +260,7 @@ async def test_spacing_allows_one_send_per_claim_and_caps_hold_further_claims(db
 
 async def test_warm_up_ramps_the_daily_cap_for_a_new_number(db: asyncpg.Connection) -> None:
     await started(db, 10, 50)
-    ramp = ("+1777", 0.0, 0.0, 0, 10, 5, None, None)  # day 1 of 5: 2 of 10
+    ramp = {"sender": "+1777", "daily_cap": 10, "warmup_days": 5}  # day 1 of 5: 2 of 10
     assert len(await claim(db, "w1", 10, ramp)) == 2
     assert await claim(db, "w1", 10, ramp) == []
     await db.execute("update private.senders set first_send_at = now() - interval '2 days', next_send_at = now()")
@@ -279,7 +279,9 @@ async def test_quiet_hours_in_sql_agree_with_the_rule_and_defer_the_owners_work(
     night_tz = next(f"Etc/GMT{-o:+d}" for o in range(-12, 15) if window.until(now, f"Etc/GMT{-o:+d}"))
     owner = await new_owner(db, night_tz)
     message = await started(db, 2, 51, owner)
-    assert await claim(db, "w1", 10, ("x", 0.0, 0.0, 0, 0, 0, window.start, window.end)) == []
+    assert (
+        await claim(db, "w1", 10, {"sender": "x", "quiet_start": str(window.start), "quiet_end": str(window.end)}) == []
+    )
     deferred = await db.fetch("select distinct next_attempt_at from public.deliveries where message_id = $1", message)
     assert [d["next_attempt_at"] for d in deferred] == [window.until(now, night_tz)]
     assert await db.fetchval("select private.next_wake_at(null, 0)") == window.until(now, night_tz)

@@ -238,16 +238,16 @@ async def test_cancel_marks_pending_deliveries_cancelled(
     assert await counters(owner_conn, aud.message) == {"recipient_count": 6, "delivered_count": 2, "failed_count": 1}
 
 
-async def test_only_the_owner_cancels_a_messages_deliveries(
+async def test_a_cancel_by_a_direct_update_cancels_pending_deliveries_only_for_the_owner(
     app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, someone: Person, people: list[Person]
 ) -> None:
-    """private.cancel_pending_deliveries bypasses RLS, so it checks the caller itself."""
+    """`update messages set status = 'cancelled'` (supabase-js) leaves no work behind, like the
+    API's cancel; a stranger's same update reaches no row, so nothing is cancelled."""
     stranger = await create_person(owner_conn)
     people.append(stranger)
     mid = await add_message(
         owner_conn, someone, [await add_group(owner_conn, someone, [await add_contact(owner_conn, someone)])]
     )
-    await owner_conn.execute("update public.messages set status = 'cancelled' where id = $1::uuid", mid)
     await owner_conn.execute(
         "insert into public.deliveries (message_id, created_by, phone, idempotency_key)"
         " values ($1::uuid, $2::uuid, $3, $4)",
@@ -256,13 +256,17 @@ async def test_only_the_owner_cancels_a_messages_deliveries(
         phone(),
         uuid.uuid4().hex,
     )
+    update = "update public.messages set status = 'cancelled' where id = $1::uuid"
     async with session(app_pool, stranger, commit=True) as conn:
-        assert await conn.fetchval("select private.cancel_pending_deliveries($1::uuid)", mid) == 0
+        assert await conn.execute(update, mid) == "UPDATE 0"
     assert (
         await owner_conn.fetchval("select state from public.deliveries where message_id = $1::uuid", mid) == "pending"
     )
     async with session(app_pool, someone, commit=True) as conn:
-        assert await conn.fetchval("select private.cancel_pending_deliveries($1::uuid)", mid) == 1
+        assert await conn.execute(update, mid) == "UPDATE 1"
+    assert (
+        await owner_conn.fetchval("select state from public.deliveries where message_id = $1::uuid", mid) == "cancelled"
+    )
 
 
 # -----------------------------------------------------------------------------------------------
@@ -530,24 +534,11 @@ async def test_an_expired_lease_is_reclaimable(
 
 
 async def claim_deliveries(pool: asyncpg.Pool, worker: str) -> list[dict[str, Any]]:
-    """private.claim_deliveries(worker, limit, lease seconds, sender, spacing min/max, hourly cap,
-    daily cap, warm-up days, quiet start/end), with pacing, caps and quiet hours off."""
+    """private.claim_deliveries with a named request (pacing, caps and quiet hours left out: off)."""
+    request = {"worker": worker, "batch_limit": 100, "lease_seconds": 60}  # the app pool encodes jsonb
     async with session(pool, SERVICE, commit=True) as conn:
-        rows = await conn.fetch(
-            "select id, message_id::text from private.claim_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            worker,
-            100,
-            60,
-            "default",
-            0,
-            0,
-            0,
-            0,
-            0,
-            None,
-            None,
-        )
-        return [{"id": r["id"], "message_id": r["message_id"]} for r in rows]
+        rows = await conn.fetch("select id, message_id::text from private.claim_deliveries($1::jsonb)", request)
+    return [dict(r) for r in rows]
 
 
 # -----------------------------------------------------------------------------------------------

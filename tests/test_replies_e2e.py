@@ -1,8 +1,9 @@
 """Replies and opt-out end to end: the real bridge (simulator driver) posts an injected reply to
-the API on a real port, a real worker sends. What a user sees: the opt-out on every owner's
-contact, the campaign in flight skipping them, later campaigns leaving them out, ALTA bringing
-them back, the reply through GET /api/replies and the socket's event, nothing kept (or logged)
-from a stranger."""
+the API on a real port, a real worker sends. What a user sees: the reply only for the user whose
+campaign reached the phone (the worker's claim writes the send ledger that says so), not for one
+who merely has the phone as a contact; the opt-out on every user's contact, the campaign in
+flight skipping them, later campaigns leaving them out, ALTA bringing them back, the reply through
+GET /api/replies and the socket's event, nothing kept (or logged) from a stranger."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ async def test_a_baja_reply_opts_out_everywhere_skips_sends_and_alta_brings_them
         await eventually(lambda: workers_listening(admin), lambda n: n == 1, what="the worker to listen")
         # A first campaign reaches everyone, so replies can name it.
         first = await new_message(admin, owner_a, phones, content="Primera campaña {{name}}")
-        await new_message(admin, owner_b, [leaving], content="Hola de B")  # B also has `leaving`
+        await new_message(admin, owner_b, [leaving], content="Hola de B")  # B has `leaving`, never writes
         await schedule(admin, owner_a, first)
         await eventually(lambda: delivery_states(admin, first), lambda s: s == {"read": 3}, what="the first campaign")
 
@@ -103,7 +104,7 @@ async def test_a_baja_reply_opts_out_everywhere_skips_sends_and_alta_brings_them
                 lambda o=owner: contact_state(admin, o, leaving), lambda s: not s[0], what="the opt-out"
             ) == (False, "BAJA")
         assert await contact_state(admin, a.id, staying) == (True, None)
-        # The bridge retries (at-least-once): the same reply is kept once per owner.
+        # The bridge retries (at-least-once): the same reply is kept once.
         await inject(bridge, leaving, "BAJA", sent["whatsapp_message_id"])
 
         await eventually(
@@ -131,8 +132,11 @@ async def test_a_baja_reply_opts_out_everywhere_skips_sends_and_alta_brings_them
         by_message = await client.get(f"/api/replies?message_id={first}", headers=a.headers)
         assert [r["id"] for r in by_message.json()["items"]] == [reply["id"]]
         assert (await client.get(f"/api/replies?message_id={in_flight}", headers=a.headers)).json()["total"] == 0
-        b_replies = (await client.get("/api/replies", headers=b.headers)).json()
-        assert b_replies["total"] == 1 and b_replies["items"][0]["id"] != reply["id"]  # each sees their own
+        # B has the phone as a contact but never wrote to it: the answer to A's campaign is not B's,
+        # while the opt-out (the number is shared) holds for B's contact too, and B is told.
+        assert (await client.get("/api/replies", headers=b.headers)).json()["total"] == 0
+        b_notes = (await client.get("/api/notifications", headers=b.headers)).json()["items"]
+        assert any(n["type"] == "warning" and leaving in n["message"] for n in b_notes)
         contacts = (await client.get("/api/contacts?page_size=100", headers=a.headers)).json()["items"]
         [gone] = [c for c in contacts if c["phone"] == leaving]
         assert gone["opted_out_at"] is not None and gone["opted_out_keyword"] == "BAJA"
@@ -183,7 +187,7 @@ async def test_a_baja_reply_opts_out_everywhere_skips_sends_and_alta_brings_them
             await admin.fetchval(
                 "select count(*) from public.replies where whatsapp_message_id = $1", sent["whatsapp_message_id"]
             )
-            == 2
+            == 1
         )
     finally:
         await listen.close()

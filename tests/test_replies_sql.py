@@ -1,6 +1,7 @@
-"""Replies and opt-out in Postgres (20261129000900_replies_and_opt_out): the keyword rule, one
-stored reply per owner of the sender, nothing kept from strangers, opt-out and opt-in applied to
-the contacts, unsent deliveries skipped (also at the claim), and RLS on replies."""
+"""Replies and opt-out in Postgres (20261129000900_replies_and_opt_out): the keyword rule, a reply
+kept only for the users who wrote to the sender within the window (the send ledger says who),
+nothing kept from strangers, opt-out and opt-in applied to every user's contact with the phone,
+unsent deliveries skipped (also at the claim), and RLS on replies."""
 
 from __future__ import annotations
 
@@ -23,14 +24,32 @@ from schema_helpers import (
     session,
 )
 
-NO_PACING = ("default", 0.0, 0.0, 0, 0, 0, None, None)
-
 
 @pytest.fixture
 async def two(owner_conn: asyncpg.Connection) -> AsyncIterator[tuple[Person, Person]]:
     pair = (await create_person(owner_conn), await create_person(owner_conn))
     yield pair
     await delete_people(owner_conn, list(pair))
+
+
+@pytest.fixture
+async def three(owner_conn: asyncpg.Connection) -> AsyncIterator[tuple[Person, Person, Person]]:
+    trio = (await create_person(owner_conn), await create_person(owner_conn), await create_person(owner_conn))
+    yield trio
+    await delete_people(owner_conn, list(trio))
+
+
+async def wrote(admin: asyncpg.Connection, owner: Person, number: str, message_id: str, days_ago: float = 0) -> None:
+    """A send to `number` in the ledger, the row the dispatcher's claim writes for each delivery it
+    marks sending (written here by hand, so these tests do not depend on a claim)."""
+    await admin.execute(
+        "insert into private.send_ledger (created_by, sender, phone, message_id, at)"
+        " values ($1::uuid, 'default', $2, $3::uuid, clock_timestamp() - $4 * interval '1 day')",
+        owner.id,
+        number,
+        message_id,
+        days_ago,
+    )
 
 
 async def record(pool: asyncpg.Pool, number: str, text: str, wa_id: str) -> int:
@@ -66,25 +85,62 @@ async def test_the_whole_message_decides_ignoring_case_accents_and_punctuation(
     assert await admin.fetchval("select public.reply_kind($1)", text) == kind
 
 
-async def test_a_reply_is_stored_once_for_every_owner_of_the_sender_and_only_they_see_it(
-    app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, two: tuple[Person, Person]
+async def test_a_reply_is_kept_once_for_each_user_who_wrote_to_the_sender_and_only_they_see_it(
+    app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, three: tuple[Person, Person, Person]
 ) -> None:
-    a, b = two
+    a, b, c = three
     number = phone()
     ca = await add_contact(owner_conn, a, number=number)
-    await add_contact(owner_conn, b, number=number)
+    await add_contact(owner_conn, b, number=number)  # has the phone, never wrote to it
+    ma, mc = await add_message(owner_conn, a), await add_message(owner_conn, c)
+    await wrote(owner_conn, a, number, ma)
+    await wrote(owner_conn, c, number, mc)  # wrote to it, has no contact with it (any more)
     assert await record(app_pool, number, "Hola, ¿a qué hora es?", "wa-1") == 2
     assert await record(app_pool, number, "Hola, ¿a qué hora es?", "wa-1") == 0  # the bridge repeated it
     async with session(app_pool, a) as conn:
-        rows = await conn.fetch("select contact_id::text, text, kind from public.replies")
-    assert [dict(r) for r in rows] == [{"contact_id": ca, "text": "Hola, ¿a qué hora es?", "kind": "reply"}]
+        rows = await conn.fetch("select contact_id::text, message_id::text, text, kind from public.replies")
+    assert [dict(r) for r in rows] == [
+        {"contact_id": ca, "message_id": ma, "text": "Hola, ¿a qué hora es?", "kind": "reply"}
+    ]
+    async with session(app_pool, c) as conn:
+        rows = await conn.fetch("select contact_id::text, message_id::text from public.replies")
+    assert [dict(r) for r in rows] == [{"contact_id": None, "message_id": mc}]
     async with session(app_pool, b) as conn:
-        assert await conn.fetchval("select count(*) from public.replies where contact_id = $1::uuid", ca) == 0
-        assert await conn.fetchval("select count(*) from public.replies") == 1
+        assert await conn.fetchval("select count(*) from public.replies") == 0
     async with session(app_pool, b) as conn:
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("update public.replies set text = 'x'")
     assert await owner_conn.fetchval("select count(*) from public.replies where phone = $1", number) == 2
+
+
+async def test_the_window_is_reply_window_days_and_names_the_last_message_while_it_exists(
+    app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, two: tuple[Person, Person]
+) -> None:
+    a, b = two
+    number = phone()
+    old = await add_message(owner_conn, b)
+    await wrote(owner_conn, b, number, old, days_ago=31)  # outside the default 30 days
+    first, last = await add_message(owner_conn, a), await add_message(owner_conn, a)
+    await wrote(owner_conn, a, number, first, days_ago=2)
+    await wrote(owner_conn, a, number, last, days_ago=1)
+
+    async def kept(wa_id: str) -> dict[str, str | None]:
+        assert await record(app_pool, number, "gracias", wa_id) >= 1
+        rows = await owner_conn.fetch(
+            "select created_by::text, message_id::text from public.replies where whatsapp_message_id = $1", wa_id
+        )
+        return {r["created_by"]: r["message_id"] for r in rows}
+
+    assert await kept("wa-window-1") == {a.id: last}
+    window = await owner_conn.fetchval("select reply_window_days from private.settings")
+    await owner_conn.execute("update private.settings set reply_window_days = 40")
+    try:
+        assert await kept("wa-window-2") == {a.id: last, b.id: old}
+    finally:
+        await owner_conn.execute("update private.settings set reply_window_days = $1", window)
+    # The ledger outlives the message: still who wrote, the message no longer named.
+    await owner_conn.execute("delete from public.messages where id = $1::uuid", last)
+    assert await kept("wa-window-3") == {a.id: None}
 
 
 async def test_a_stranger_leaves_nothing(app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection) -> None:
@@ -96,54 +152,64 @@ async def test_a_stranger_leaves_nothing(app_pool: asyncpg.Pool, owner_conn: asy
     )
 
 
-async def test_baja_opts_out_every_owner_skips_unsent_deliveries_and_alta_brings_them_back(
-    app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, two: tuple[Person, Person]
+async def test_baja_opts_out_every_users_contact_skips_unsent_deliveries_and_alta_brings_them_back(
+    app_pool: asyncpg.Pool, owner_conn: asyncpg.Connection, three: tuple[Person, Person, Person]
 ) -> None:
-    a, b = two
+    a, b, c = three
     number, other = phone(), phone()
     ca = await add_contact(owner_conn, a, number=number)
-    cb = await add_contact(owner_conn, b, number=number)
+    cb = await add_contact(owner_conn, b, number=number)  # never wrote: no reply, but the opt-out holds
+    cc = await add_contact(owner_conn, c, number=number)
     keep = await add_contact(owner_conn, a, number=other)
-    group = await add_group(owner_conn, a, [ca, keep])
-    mid = await add_message(owner_conn, a, [group])
-    # A campaign in flight: fanned out, nothing sent yet.
+    await wrote(owner_conn, a, number, await add_message(owner_conn, a))
+    # A campaign of B's in flight: fanned out, nothing sent yet.
+    mid = await add_message(owner_conn, b, [await add_group(owner_conn, b, [cb])])
+    mid_a = await add_message(owner_conn, a, [await add_group(owner_conn, a, [ca, keep])])
     await owner_conn.execute(
-        "update public.messages set status = 'scheduled', scheduled_for = now() where id = $1::uuid", mid
+        "update public.messages set status = 'scheduled', scheduled_for = now() where id = any($1::uuid[])",
+        [mid, mid_a],
     )
     async with session(app_pool, SERVICE, commit=True) as conn:
-        assert await claim(conn, 10, 60) == [mid]
+        assert sorted(await claim(conn, 10, 60)) == sorted([mid, mid_a])
 
-    assert await record(app_pool, number, "BAJA", "wa-2") == 2
+    assert await record(app_pool, number, "BAJA", "wa-2") == 1  # kept by A, the one who wrote
     contacts = await owner_conn.fetch(
         "select id::text, opted_out_at is not null as out, opted_out_keyword, can_receive from public.contacts"
         " where id = any($1::uuid[]) order by id",
-        [ca, cb],
+        [ca, cb, cc],
     )
     assert {r["id"]: (r["out"], r["opted_out_keyword"], r["can_receive"]) for r in contacts} == {
         ca: (True, "BAJA", False),
         cb: (True, "BAJA", False),
+        cc: (True, "BAJA", False),
     }
     states = await owner_conn.fetch(
-        "select phone, state, last_error_code from public.deliveries where message_id = $1::uuid", mid
+        "select message_id::text, phone, state, last_error_code from public.deliveries"
+        " where message_id = any($1::uuid[])",
+        [mid, mid_a],
     )
-    assert {r["phone"]: (r["state"], r["last_error_code"]) for r in states} == {
-        number: ("skipped", "opted_out"),
-        other: ("pending", None),
+    assert {(r["message_id"], r["phone"]): (r["state"], r["last_error_code"]) for r in states} == {
+        (mid, number): ("skipped", "opted_out"),
+        (mid_a, number): ("skipped", "opted_out"),
+        (mid_a, other): ("pending", None),
     }
     notes = await owner_conn.fetch(
-        "select type, message from public.notifications where related_entity_id = any($1::uuid[])", [ca, cb]
+        "select user_id::text, type, message from public.notifications where related_entity_id = any($1::uuid[])",
+        [ca, cb, cc],
     )
-    assert len(notes) == 2 and all(n["type"] == "warning" and number in n["message"] for n in notes)
+    assert sorted(n["user_id"] for n in notes) == sorted([a.id, b.id, c.id])
+    assert all(n["type"] == "warning" and number in n["message"] for n in notes)
+    assert await owner_conn.fetchval("select count(*) from public.replies where phone = $1", number) == 1
 
-    # ALTA lifts an opt-out made by a reply; a hand-made one is the owner's to lift.
+    # ALTA lifts every opt-out a keyword made, whoever's contact; a hand-made one is its owner's to lift.
     await owner_conn.execute(
-        "update public.contacts set opted_out_at = now(), opted_out_keyword = null where id = $1::uuid", cb
+        "update public.contacts set opted_out_at = now(), opted_out_keyword = null where id = $1::uuid", cc
     )
-    assert await record(app_pool, number, "alta", "wa-3") == 2
+    assert await record(app_pool, number, "alta", "wa-3") == 1
     rows = await owner_conn.fetch(
-        "select id::text, can_receive from public.contacts where id = any($1::uuid[])", [ca, cb]
+        "select id::text, can_receive from public.contacts where id = any($1::uuid[])", [ca, cb, cc]
     )
-    assert {r["id"]: r["can_receive"] for r in rows} == {ca: True, cb: False}
+    assert {r["id"]: r["can_receive"] for r in rows} == {ca: True, cb: True, cc: False}
 
 
 async def test_the_claim_skips_a_recipient_who_opted_out_after_the_fan_out(
@@ -168,9 +234,12 @@ async def test_the_claim_skips_a_recipient_who_opted_out_after_the_fan_out(
         await owner_conn.execute("alter table public.contacts enable trigger contacts_skip_after_opt_out")
     async with session(app_pool, SERVICE, commit=True) as conn:
         batch: list[Any] = await conn.fetch(
-            "select * from private.claim_deliveries('w1', 10, 60, $1, $2, $3, $4, $5, $6, $7, $8)", *NO_PACING
+            "select * from private.claim_deliveries($1::jsonb)",
+            {"worker": "w1", "batch_limit": 10, "lease_seconds": 60},  # the app pool encodes jsonb
         )
-    assert [r["phone"] for r in batch if str(r["message_id"]) == mid] == [other]
+    # The opted-out recipient is decided on (skipped, nothing to send); only the other one is sent.
+    decided = {r["phone"]: (r["state"], r["body"] is not None) for r in batch if str(r["message_id"]) == mid}
+    assert decided == {number: ("skipped", False), other: ("sending", True)}
     row = await owner_conn.fetchrow(
         "select state, last_error_code, attempts from public.deliveries where message_id = $1::uuid and phone = $2",
         mid,

@@ -214,11 +214,18 @@ async def test_duplicate_recent_on_both_paths_and_on_resume(
     assert await direct_error(res, user, sql, copy, at + timedelta(hours=1)) == "spam_suspected"
     # Two days later the same text is fine.
     assert await direct(res, user, sql, copy, at + timedelta(days=2)) == "scheduled"
-    # Resuming is a way back into `scheduled`: a paused message edited to match another is refused.
+    # Editing a paused message is a way back toward sending: made to match another, it is refused
+    # on both paths at the edit...
     other = await direct_draft(res, user, "Otra noticia", group)
     assert await direct(res, user, sql, other, at + timedelta(minutes=5)) == "scheduled"
     await direct(res, user, "select public.pause_message($1::uuid)", first)
-    await direct(res, user, "update public.messages set content = 'Otra noticia' where id = $1::uuid", first)
+    edit = "update public.messages set content = 'Otra noticia' where id = $1::uuid"
+    assert await direct_error(res, user, edit, first) == "spam_suspected"
+    resp = await client.put(f"/api/messages/{first}", json={"content": "Otra noticia"}, headers=user.headers)
+    assert api_error(resp, 422) == "spam_suspected"
+    # ...and resuming is one too: the same text written by a path without the door's check (the
+    # superuser here) is refused on resume.
+    await admin.execute(edit, first)
     resume = "select status from public.resume_message($1::uuid)"
     assert await direct_error(res, user, resume, first) == "spam_suspected"
     resp = await client.post(f"/api/messages/{first}/resume", headers=user.headers)

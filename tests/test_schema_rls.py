@@ -79,10 +79,11 @@ EXPECTED: dict[str, dict[str, tuple[str, str, str, str]]] = {
         "update": (OK, HIDDEN, HIDDEN, DENIED),
         "delete": (OK, HIDDEN, HIDDEN, DENIED),
     },
-    # Append-only: users add their own entries; nobody acting as a user rewrites or removes one.
+    # Written only by the database's own triggers and the service (20261206000100_audit_trail):
+    # users read their own entries, admins all; nobody acting as a user adds, rewrites or removes one.
     "audit_log": {
         "select": (OK, HIDDEN, OK, DENIED),
-        "insert": (OK, DENIED, DENIED, DENIED),
+        "insert": (DENIED, DENIED, DENIED, DENIED),
         "update": (DENIED, DENIED, DENIED, DENIED),
         "delete": (DENIED, DENIED, DENIED, DENIED),
     },
@@ -508,14 +509,18 @@ async def test_the_audit_log_is_intact(owner_conn: asyncpg.Connection, world: Wo
 
 
 @pytest.fixture(scope="module")
-async def realtime_row(owner_conn: asyncpg.Connection, world: World) -> AsyncIterator[str]:
-    row_id = await owner_conn.fetchval(
-        "insert into realtime.messages (topic, extension, payload, event, private)"
-        " values ($1, 'broadcast', '{}'::jsonb, 'probe', true) returning id::text",
-        "user:" + world.a.id,
-    )
-    yield row_id
-    await owner_conn.execute("delete from realtime.messages where id = $1::uuid", row_id)
+async def realtime_rows(owner_conn: asyncpg.Connection, world: World) -> AsyncIterator[dict[str, str]]:
+    """One broadcast row on A's topic and one on B's: topic -> row id."""
+    rows = {}
+    for person in (world.a, world.b):
+        topic = "user:" + person.id
+        rows[topic] = await owner_conn.fetchval(
+            "insert into realtime.messages (topic, extension, payload, event, private)"
+            " values ($1, 'broadcast', '{}'::jsonb, 'probe', true) returning id::text",
+            topic,
+        )
+    yield rows
+    await owner_conn.execute("delete from realtime.messages where id = any($1::uuid[])", list(rows.values()))
 
 
 @pytest.mark.parametrize(
@@ -530,16 +535,19 @@ async def realtime_row(owner_conn: asyncpg.Connection, world: World) -> AsyncIte
     ids=["A-joins-A", "B-joins-A", "B-joins-B", "A-joins-B", "admin-joins-A"],
 )
 async def test_realtime_private_topics(
-    app_pool: asyncpg.Pool, world: World, realtime_row: str, actor: str, topic_of: str, visible: bool
+    app_pool: asyncpg.Pool, world: World, realtime_rows: dict[str, str], actor: str, topic_of: str, visible: bool
 ) -> None:
+    """Joined to a topic it may read, a caller reads that topic's rows and never another's."""
     topic = "user:" + (world.a.id if topic_of == "A" else world.b.id)
     async with session(app_pool, world.actor(actor)) as conn:
         await conn.execute("select set_config('realtime.topic', $1, true)", topic)
-        seen = await conn.fetchval("select count(*) from realtime.messages where id = $1::uuid", realtime_row)
-    assert seen == (1 if visible else 0)
+        seen = await conn.fetch(
+            "select topic from realtime.messages where id = any($1::uuid[])", list(realtime_rows.values())
+        )
+    assert {r["topic"] for r in seen} == ({topic} if visible else set())
 
 
-async def test_realtime_is_closed_to_anon(app_pool: asyncpg.Pool, world: World, realtime_row: str) -> None:
+async def test_realtime_is_closed_to_anon(app_pool: asyncpg.Pool, world: World, realtime_rows: dict[str, str]) -> None:
     async with session(app_pool, ANON) as conn:
         await conn.execute("select set_config('realtime.topic', $1, true)", "user:" + world.a.id)
         await refused(conn.fetch("select 1 from realtime.messages"), "42501")

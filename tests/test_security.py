@@ -667,7 +667,7 @@ async def test_path_traversal_file_names_never_touch_the_file_system(
 
 
 FORMULAS = [
-    '=HYPERLINK("http://evil.example/x","clic")',
+    '=HYPERLINK(A1&B1,"clic")',  # (one with a web address is refused: names hold no links)
     "+SUM(1+1)*cmd|' /C calc'!A0",
     "-2+3+cmd|' /C calc'!A0",
     "@SUM(1+9)*cmd|' /C calc'!A0",

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     # Whole-message reply keywords (comma-separated), matched ignoring case, accents and punctuation.
     opt_out_keywords: str = "baja,stop,alto,cancelar,desuscribir,unsubscribe,no mas,parar,stopall,end,quit"
     opt_in_keywords: str = "alta,start,unstop,suscribir,subscribe"
+    # The spam guard's other signals: the longest run of one character, a word list (comma-separated,
+    # empty: the Spanish and English defaults of private.settings) and how many of its words make spam.
+    spam_max_char_run: int = Field(default=12, ge=2, le=254)
+    spam_words: str = ""
+    spam_word_limit: int = Field(default=3, ge=0)
+    # Replies are kept for the users who messaged that phone within this many days.
+    reply_window_days: int = Field(default=30, ge=1)
 
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)

@@ -20,13 +20,23 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
     """Write the rules' numbers; `conn` is an admin connection or one acting as service_role."""
     await conn.execute(
         "update private.settings set send_daily_cap = $1, schedule_per_minute = $2,"
-        " group_create_per_minute = $3, opt_out_keywords = $4, opt_in_keywords = $5, updated_at = now() where id",
+        " group_create_per_minute = $3, opt_out_keywords = $4, opt_in_keywords = $5, spam_max_char_run = $6,"
+        " spam_word_limit = $7, reply_window_days = $8, updated_at = now() where id",
         settings.send_daily_cap,
         settings.schedule_per_minute,
         settings.group_create_per_minute,
         _words(settings.opt_out_keywords),
         _words(settings.opt_in_keywords),
+        settings.spam_max_char_run,
+        settings.spam_word_limit,
+        settings.reply_window_days,
     )
+    # An empty SPAM_WORDS keeps (or restores) the column's Spanish and English defaults.
+    words = _words(settings.spam_words)
+    if words:
+        await conn.execute("update private.settings set spam_words = $1 where id", words)
+    else:
+        await conn.execute("update private.settings set spam_words = default where id")
 
 
 def _words(listed: str) -> list[str]:

@@ -2,7 +2,7 @@
 -- whatsched core schema: every public table and all their indexes, in one place.
 --
 --   profiles, contacts, groups, group_contacts, messages, message_groups,
---   deliveries, notifications, audit_log       the data (owner column: created_by,
+--   deliveries, notifications                  the data (owner column: created_by,
 --                                              the guide's name; notifications and
 --                                              sync_operations: user_id)
 --   message_counts, message_audiences          derived, written only by the triggers of
@@ -12,7 +12,8 @@
 --
 -- Private state lives with the feature that owns it: private.settings and
 -- private.rate_events with the content rules, private.senders, sender_usage and
--- whatsapp_state with the dispatcher.
+-- whatsapp_state with the dispatcher. A feature added since lands whole in its own
+-- file: public.audit_log with its policies and triggers in 20261206000100_audit_trail.
 --
 -- Who may read and write what: 20261129000200_row_level_security. Rules on
 -- content and sending: 20261129000400_content_rules. Status changes:
@@ -286,42 +287,7 @@ create index notifications_user_id_created_at_idx on public.notifications (user_
 create index notifications_unread_idx on public.notifications (user_id) where not is_read;
 
 -- -----------------------------------------------------------------------------
--- audit_log: append-only
--- -----------------------------------------------------------------------------
-
-create table public.audit_log (
-  id bigint generated always as identity primary key,
-  actor_id uuid references auth.users (id) on delete set null,
-  action text not null check (char_length(action) between 1 and 100),
-  entity_type text,
-  entity_id text,
-  ip inet,
-  user_agent text check (user_agent is null or char_length(user_agent) <= 500),
-  details jsonb not null default '{}'::jsonb,
-  created_at timestamptz not null default now()
-);
-
-create index audit_log_actor_id_created_at_idx on public.audit_log (actor_id, created_at desc);
-
-create or replace function private.audit_log_is_append_only()
-returns trigger
-language plpgsql
-set search_path = ''
-as $$
-begin
-  -- Nobody acting as a user (through the API or supabase-js) may rewrite history.
-  if private.acting_as_user() then
-    raise exception 'the audit log is append-only' using errcode = '42501';
-  end if;
-  return coalesce(new, old);
-end;
-$$;
-
-create trigger audit_log_append_only before update or delete on public.audit_log
-  for each row execute function private.audit_log_is_append_only();
-
--- -----------------------------------------------------------------------------
--- replies: what a contact wrote back, one row per owner who has the sender as a contact (the
+-- replies: what a recipient wrote back, one row per user who wrote to that phone lately (the
 -- same WhatsApp message reaches each of them once). Written only by private.record_reply.
 -- -----------------------------------------------------------------------------
 create table public.replies (

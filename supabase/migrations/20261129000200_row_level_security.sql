@@ -2,6 +2,8 @@
 -- Row-level security: owners see and change their rows; admins everything
 -- (through private.is_admin()); anon nothing. Policies use (select auth.uid())
 -- so Postgres evaluates it once per statement (an initPlan), not per row.
+-- A feature added since keeps its policies in its own file (the audit log's:
+-- 20261206000100_audit_trail).
 -- =============================================================================
 
 create or replace function private.is_admin()
@@ -28,7 +30,6 @@ alter table public.messages enable row level security;
 alter table public.message_groups enable row level security;
 alter table public.deliveries enable row level security;
 alter table public.notifications enable row level security;
-alter table public.audit_log enable row level security;
 alter table public.message_counts enable row level security;
 alter table public.message_audiences enable row level security;
 alter table public.sync_operations enable row level security;
@@ -52,7 +53,6 @@ revoke insert, update, delete on public.replies from authenticated;
 revoke insert, update on public.contacts from authenticated;
 grant insert (id, created_by, name, phone, email, is_active, opted_out_at) on public.contacts to authenticated;
 grant update (name, phone, email, is_active, opted_out_at, updated_at) on public.contacts to authenticated;
-revoke update, delete on public.audit_log from authenticated;
 -- Messages and groups: users write what the guide lets them edit; the state machine and the
 -- counters own the rest (status changes go through private.guard_message; counters, sent_at and
 -- series links belong to the worker and the triggers). A direct write is refused with 42501.
@@ -182,18 +182,7 @@ create policy "notifications: delete own" on public.notifications
   using (user_id = (select auth.uid()));
 
 -- -----------------------------------------------------------------------------
--- audit_log: append-only; users read their own entries, admins all
--- -----------------------------------------------------------------------------
-create policy "audit_log: read own or admin" on public.audit_log
-  for select to authenticated
-  using (actor_id = (select auth.uid()) or (select private.is_admin()));
-
-create policy "audit_log: append own" on public.audit_log
-  for insert to authenticated
-  with check (actor_id = (select auth.uid()));
-
--- -----------------------------------------------------------------------------
--- replies: each user reads the replies of their own contacts; only the service writes them
+-- replies: each user reads the replies kept for them; only the service writes them
 -- -----------------------------------------------------------------------------
 create policy "replies: read own or admin" on public.replies
   for select to authenticated
@@ -218,14 +207,17 @@ create policy "sync_operations: forget own" on public.sync_operations
 -- Realtime: a user may receive broadcasts only on their own private topic `user:<uuid>` and the
 -- shared `whatsapp` topic (the connection state every user sees); admins any. Broadcast only:
 -- Presence on these topics is not offered (as Supabase's docs write such policies).
+-- The row's own topic decides, and it must be the channel joined (realtime.topic(); Realtime's
+-- join probe is a row on that channel): a row on another topic is never readable.
 -- -----------------------------------------------------------------------------
 create policy "realtime: join own user topic" on realtime.messages
   for select to authenticated
   using (
     realtime.messages.extension = 'broadcast'
+    and realtime.messages.topic = (select realtime.topic())
     and (
-      (select realtime.topic()) = 'user:' || (select auth.uid())::text
-      or (select realtime.topic()) = 'whatsapp'
+      realtime.messages.topic = 'user:' || (select auth.uid())::text
+      or realtime.messages.topic = 'whatsapp'
       or (select private.is_admin())
     )
   );

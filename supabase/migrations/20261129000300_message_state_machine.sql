@@ -11,8 +11,12 @@
 -- sent, cancelled and failed are final. A direct `update ... set status` (supabase-js) follows
 -- the same graph and rules: the trigger private.guard_message is where they live.
 --
--- Every user's way into `scheduled` (schedule, resume, a direct update) passes the rate limit
--- (draft -> scheduled only), the send-time rules and the spam guard of 20261129000400_content_rules.
+-- Every user's way into sending passes the spam guard of 20261129000400_content_rules again:
+-- schedule, resume (to `scheduled` or `sending`), a direct status update, edits of a scheduled or
+-- paused message, and groups or members added to a message after it was scheduled. The rate
+-- limit applies to draft -> scheduled, the send-time rules to every send time a user sets. The
+-- last word is the dispatcher's exit check (20261129000700_dispatch), on the rendered text.
+-- A move to `cancelled`, by any path, cancels the deliveries not sent yet.
 --
 -- Refusals raise a distinct SQLSTATE (class WS) with the stable code in HINT:
 --   WS404 message_not_found      WS409 invalid_transition   WS410 not_editable
@@ -115,9 +119,12 @@ begin
     -- draft may be without one).
     perform private.check_send_time(new.scheduled_for);
   end if;
-  -- The spam guard on every user's way into `scheduled` and on edits of a scheduled message.
-  if as_user and new.status = 'scheduled'
-     and (old.status <> 'scheduled' or (new.content, new.scheduled_for) is distinct from (old.content, old.scheduled_for)) then
+  -- The spam guard on every user's way into `scheduled` or `sending` (schedule, resume) and on
+  -- edits of a message that is scheduled or paused (it will be resumed into sending).
+  if as_user and (
+       (new.status in ('scheduled', 'sending') and new.status is distinct from old.status)
+       or (new.status in ('scheduled', 'paused')
+           and (new.content, new.scheduled_for) is distinct from (old.content, old.scheduled_for))) then
     perform private.refuse_spam(new);
   end if;
 
@@ -176,6 +183,64 @@ $$;
 
 create trigger message_groups_guard before insert or update or delete on public.message_groups
   for each row execute function private.guard_message_groups();
+
+-- Who receives a scheduled or paused message (not fanned out yet) changes when a group is added
+-- to it or members to one of its groups: the spam guard runs again (duplicate_recent, the daily
+-- cap), as at schedule time. One statement-level trigger per table, so a bulk insert (an import
+-- adding its rows to a group) checks each message once.
+create or replace function private.recheck_audiences(p_message_ids uuid[])
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  m public.messages;
+begin
+  if not private.acting_as_user() then
+    return;
+  end if;
+  for m in
+    select * from public.messages msg
+    where msg.id = any(p_message_ids) and msg.status in ('scheduled', 'paused')
+      and not exists (select 1 from public.deliveries d where d.message_id = msg.id)
+    order by msg.id
+  loop
+    perform private.refuse_spam(m);
+  end loop;
+end;
+$$;
+
+create or replace function private.recheck_message_audience()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform private.recheck_audiences(array(select distinct message_id from new_rows));
+  return null;
+end;
+$$;
+
+create trigger message_groups_recheck after insert on public.message_groups
+  referencing new table as new_rows
+  for each statement execute function private.recheck_message_audience();
+
+create or replace function private.recheck_group_audience()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform private.recheck_audiences(array(
+    select distinct mg.message_id from public.message_groups mg
+    where mg.group_id in (select group_id from new_rows)));
+  return null;
+end;
+$$;
+
+create trigger group_contacts_recheck after insert on public.group_contacts
+  referencing new table as new_rows
+  for each statement execute function private.recheck_group_audience();
 
 -- -----------------------------------------------------------------------------
 -- Recipients: distinct active, not opted-out contacts across a message's groups.
@@ -283,8 +348,8 @@ begin
     raise exception 'a % message cannot be cancelled', m.status
       using errcode = 'WS409', hint = 'invalid_transition';
   end if;
+  -- (messages_cancel_pending cancels its deliveries not sent yet)
   update public.messages set status = 'cancelled' where id = p_message_id returning * into m;
-  perform private.cancel_pending_deliveries(p_message_id);
   return m;
 end;
 $$;
@@ -307,33 +372,27 @@ begin
 end;
 $$;
 
--- Pending deliveries of a cancelled message are cancelled in one statement (security definer:
--- users cannot write deliveries directly).
-create or replace function private.cancel_pending_deliveries(p_message_id uuid)
-returns integer
+-- A message cancelled by any path (cancel_message, or `update ... set status = 'cancelled'` through
+-- supabase-js) leaves nothing to send: its pending deliveries are cancelled in the same statement.
+-- Security definer: users cannot write deliveries directly; the trigger acts only on the row the
+-- caller was allowed to update.
+create or replace function private.cancel_pending_deliveries()
+returns trigger
 language plpgsql
 security definer
 set search_path = ''
 as $$
-declare
-  n integer;
 begin
-  -- Security definer sees every message: the caller must be its owner, an admin or the service.
-  update public.deliveries set state = 'cancelled'
-  where message_id = p_message_id and state = 'pending'
-    and exists (
-      select 1 from public.messages m
-      where m.id = p_message_id and m.status = 'cancelled'
-        and (m.created_by = (select auth.uid()) or (select private.is_admin())
-             or (select auth.role()) = 'service_role')
-    );
-  get diagnostics n = row_count;
-  return n;
+  update public.deliveries set state = 'cancelled', lease_expires_at = null
+  where message_id = new.id and state = 'pending';
+  return null;
 end;
 $$;
 
-revoke all on function private.cancel_pending_deliveries(uuid) from public;
-grant execute on function private.cancel_pending_deliveries(uuid) to authenticated, service_role;
+create trigger messages_cancel_pending after update of status on public.messages
+  for each row when (new.status = 'cancelled' and old.status is distinct from 'cancelled')
+  execute function private.cancel_pending_deliveries();
+
 grant execute on function
   public.schedule_message(uuid, timestamptz), public.pause_message(uuid), public.resume_message(uuid),
   public.cancel_message(uuid), public.duplicate_message(uuid), public.message_recipient_count(uuid)

@@ -3,6 +3,12 @@
 -- realtime.send on the owner's private topic user:<uuid> (a Realtime broadcast on
 -- Supabase, a pg_notify('realtime') on plain Postgres), which the API processes
 -- relay to their WebSocket clients.
+--
+-- Events go only onto one's own topic. private.broadcast is the service's and the
+-- security definer triggers' (which name the topic of the row's owner), never a user's;
+-- a user's request that reaches it anyway (a trigger on their behalf) may name only
+-- their own topic (admins: any). The one event a user sends directly is their import's
+-- progress (private.send_import_progress), and it goes to their own topic only.
 -- =============================================================================
 
 create or replace function private.utc_iso(t timestamptz)
@@ -24,6 +30,13 @@ security definer
 set search_path = ''
 as $$
 begin
+  -- Whatever runs on a user's request reaches only that user's topic (an admin's: any). The claims
+  -- say whose request it is (current_user is this function's owner, so acting_as_user() cannot).
+  if (select auth.uid()) is not null
+     and topic is distinct from 'user:' || (select auth.uid())::text
+     and not (select private.is_admin()) then
+    raise exception 'An event may go only to your own topic, not %.', topic using errcode = '42501';
+  end if;
   perform realtime.send(payload, event, topic, true);
   if to_regclass('realtime.schema_migrations') is not null then
     perform pg_notify(
@@ -34,8 +47,43 @@ begin
 end;
 $$;
 
-revoke all on function private.broadcast(jsonb, text, text) from public, anon;
-grant execute on function private.broadcast(jsonb, text, text) to authenticated, service_role;
+revoke all on function private.broadcast(jsonb, text, text) from public, anon, authenticated;
+grant execute on function private.broadcast(jsonb, text, text) to service_role;
+
+-- import_progress of the caller's own import, on the caller's own topic: the one event a user
+-- sends (the API, as that user, outside the import's transaction so it is seen at once).
+create or replace function private.send_import_progress(
+  p_import_id uuid, p_stage text, p_processed integer, p_total integer
+)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if (select auth.uid()) is null then
+    raise exception 'Import progress belongs to a signed-in user.' using errcode = '42501';
+  end if;
+  if p_stage is null or p_stage not in ('reading', 'importing', 'done', 'failed')
+     or p_processed is null or p_processed < 0 or p_total is null or p_total < 0 then
+    raise exception 'Not an import progress: stage %, % of %.', p_stage, p_processed, p_total
+      using errcode = '22023';
+  end if;
+  perform private.broadcast(
+    jsonb_build_object(
+      'type', 'import_progress',
+      'import_id', p_import_id,
+      'stage', p_stage,
+      'processed', p_processed,
+      'total', p_total
+    ),
+    'import_progress', 'user:' || (select auth.uid())::text
+  );
+end;
+$$;
+
+revoke all on function private.send_import_progress(uuid, text, integer, integer) from public, anon;
+grant execute on function private.send_import_progress(uuid, text, integer, integer) to authenticated;
 
 create or replace function private.emit_message_events()
 returns trigger
@@ -75,6 +123,9 @@ $$;
 create trigger messages_emit_events after update on public.messages
   for each row execute function private.emit_message_events();
 
+-- Trigger functions: nobody calls them (a trigger runs them whatever the grants).
+revoke all on function private.emit_message_events() from public, anon, authenticated;
+
 create or replace function private.emit_notification_event()
 returns trigger
 language plpgsql
@@ -103,3 +154,5 @@ $$;
 
 create trigger notifications_emit_event after insert on public.notifications
   for each row execute function private.emit_notification_event();
+
+revoke all on function private.emit_notification_event() from public, anon, authenticated;

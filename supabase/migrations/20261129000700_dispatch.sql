@@ -120,117 +120,172 @@ end;
 $$;
 
 -- -----------------------------------------------------------------------------
--- claim_deliveries: one batch of work for one worker, in one round trip.
+-- claim_deliveries: one batch of work for one worker, in one round trip. Its input is one
+-- named request (private.claim_request, read from JSON by private.read_claim_request: a key
+-- left out is "off"), and it runs in steps, each a function below:
 --   1. (the worker calls claim_messages just before, so a message falling due mid-campaign
 --      starts within one batch);
---   2. defers the due work of owners inside quiet hours to the end of their window;
---   3. applies the sender's pacing (row-locked, so every worker shares it): nothing before
---      next_send_at, one delivery per claim with spacing, no more than the caps allow;
---   4. takes over deliveries whose lease expired (they may have reached the bridge, which
---      replays them by idempotency key), then takes due pending deliveries round-robin across
---      messages (fair: every due message gets its first sends in the first batch);
---   5. marks them `sending` with attempts + 1 and a lease, and returns what to send.
+--   2. defer_quiet_hours: the due work of owners inside quiet hours waits for the end of their
+--      window;
+--   3. take_allowance: the sender's pacing (row-locked, so every worker shares it): nothing
+--      before next_send_at, one delivery per claim with spacing, no more than the caps allow;
+--   4. due_messages: the sending messages with due work, locked `for key share skip locked`;
+--   5. the claim itself: deliveries whose lease expired (they may have reached the bridge, which
+--      replays them by idempotency key), then due pending deliveries round-robin across
+--      messages (fair: every due message gets its first sends in the first batch); each is
+--      rendered for its recipient and checked at the exit (private.exit_problems: length, HTML,
+--      control characters, the spam guard's text rules) in the statement that marks it
+--      `sending`. An opted-out recipient is skipped (`opted_out`); a text that breaks a rule is
+--      held (`skipped`, last_error_code `held_by_rules`, the rules in last_error) and its owner
+--      told once per message; the rest become `sending` under a lease, each written to the
+--      send ledger;
+--   6. in the same statement: the sender's usage and, with spacing, its next send time.
+-- Every delivery the claim decided on is returned (body null: skipped or held), so the worker
+-- knows it made progress and which messages may now be finished.
 -- The message rows are locked `for key share skip locked`: a pause or cancel (which locks the
 -- message `for update`) either commits before the claim (nothing claimed) or after it (this
 -- batch was claimed first), so a pause stops the worker within the batch in flight.
 -- Pacing is off when spacing and both caps are 0.
 -- -----------------------------------------------------------------------------
 
-create or replace function private.claim_deliveries(
-  p_worker text,
-  p_limit integer,
-  p_lease_seconds double precision,
-  p_sender text,
-  p_spacing_min_s double precision,
-  p_spacing_max_s double precision,
-  p_hourly_cap integer,
-  p_daily_cap integer,
-  p_warmup_days integer,
-  p_quiet_start time,
-  p_quiet_end time
-)
-returns table (
-  id uuid, message_id uuid, phone text, contact_name text, idempotency_key text, content text, attempts integer
-)
+create type private.claim_request as (
+  worker text,                       -- who holds the lease
+  batch_limit integer,               -- at most this many deliveries
+  lease_seconds double precision,    -- how long before another worker may take a delivery over
+  sender text,                       -- the WhatsApp number whose pacing applies
+  spacing_min_s double precision,    -- random pause between two sends (0: off)
+  spacing_max_s double precision,
+  hourly_cap integer,                -- sends per hour of the number (0: off)
+  daily_cap integer,                 -- sends per day of the number (0: off)
+  warmup_days integer,               -- days over which a new number ramps up to daily_cap (0: off)
+  quiet_start time,                  -- quiet hours in each owner's timezone (null: off)
+  quiet_end time
+);
+
+-- The request from JSON, by name: unknown keys are refused, missing ones are off.
+create or replace function private.read_claim_request(p_request jsonb)
+returns private.claim_request
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  unknown text;
+  r private.claim_request;
+begin
+  select string_agg(k, ', ') into unknown
+  from jsonb_object_keys(p_request) k
+  where k not in ('worker', 'batch_limit', 'lease_seconds', 'sender', 'spacing_min_s', 'spacing_max_s',
+                  'hourly_cap', 'daily_cap', 'warmup_days', 'quiet_start', 'quiet_end');
+  if unknown is not null then
+    raise exception 'unknown claim request keys: %', unknown using errcode = '22023';
+  end if;
+  r := jsonb_populate_record(null::private.claim_request, p_request);
+  if r.worker is null or r.batch_limit is null or r.lease_seconds is null then
+    raise exception 'a claim request needs worker, batch_limit and lease_seconds' using errcode = '22023';
+  end if;
+  r.sender := coalesce(r.sender, 'default');
+  r.spacing_min_s := coalesce(r.spacing_min_s, 0);
+  r.spacing_max_s := coalesce(r.spacing_max_s, 0);
+  r.hourly_cap := coalesce(r.hourly_cap, 0);
+  r.daily_cap := coalesce(r.daily_cap, 0);
+  r.warmup_days := coalesce(r.warmup_days, 0);
+  return r;
+end;
+$$;
+
+-- Step 2: owners inside quiet hours get their due work moved to the end of their window. Per
+-- message first (materialised), so the window is computed once per message, not per row.
+create or replace function private.defer_quiet_hours(r private.claim_request)
+returns void
 language plpgsql
 set search_path = ''
 as $$
-#variable_conflict use_column
+begin
+  if r.quiet_start is null then
+    return;
+  end if;
+  update public.deliveries d set next_attempt_at = q.until
+  from (
+    select m.id, private.quiet_until(p.timezone, r.quiet_start, r.quiet_end) as until
+    from public.messages m join public.profiles p on p.id = m.created_by
+    where m.status = 'sending'
+  ) q
+  where q.until is not null and d.message_id = q.id and d.state = 'pending' and d.next_attempt_at < q.until;
+end;
+$$;
+
+-- Step 3: how many deliveries the sender may send now (0: none; with a full cap its next_send_at
+-- moves to when the window frees). Holds the sender's row lock until the claim commits.
+create or replace function private.take_allowance(r private.claim_request)
+returns integer
+language plpgsql
+set search_path = ''
+as $$
 declare
-  paced boolean := p_spacing_max_s > 0 or p_hourly_cap > 0 or p_daily_cap > 0;
-  allowance integer := p_limit;
+  allowance integer := r.batch_limit;
   s private.senders;
   used_hour integer;
   used_day integer;
-  day_cap integer := p_daily_cap;
+  day_cap integer := r.daily_cap;
   free_at timestamptz;
-  quiet_ids uuid[];
-  quiet_ends timestamptz[];
-  active uuid[];
-  per_message integer;
-  n integer;
 begin
-  if p_quiet_start is not null then
-    -- Per message first (materialised), so the window is computed once per message, not per row.
-    select coalesce(array_agg(q.id), '{}'), coalesce(array_agg(q.until), '{}') into quiet_ids, quiet_ends
-    from (
-      select m.id, private.quiet_until(p.timezone, p_quiet_start, p_quiet_end) as until
-      from public.messages m join public.profiles p on p.id = m.created_by
-      where m.status = 'sending'
-    ) q
-    where q.until is not null;
-    if cardinality(quiet_ids) > 0 then
-      update public.deliveries d set next_attempt_at = q.until
-      from unnest(quiet_ids, quiet_ends) as q (id, until)
-      where d.message_id = q.id and d.state = 'pending' and d.next_attempt_at < q.until;
-    end if;
+  if not (r.spacing_max_s > 0 or r.hourly_cap > 0 or r.daily_cap > 0) then
+    return allowance;
   end if;
-
-  if paced then
-    insert into private.senders (sender) values (p_sender) on conflict (sender) do nothing;
-    select * into s from private.senders where sender = p_sender for update;
-    if s.next_send_at > now() then
-      return;
-    end if;
-    if p_spacing_max_s > 0 then
-      allowance := 1;
-    end if;
-    if p_hourly_cap > 0 or p_daily_cap > 0 then
-      select coalesce(sum(u.sends) filter (where u.minute > now() - interval '1 hour'), 0)::integer,
-             coalesce(sum(u.sends), 0)::integer
-        into used_hour, used_day
-      from private.sender_usage u
-      where u.sender = p_sender and u.minute > now() - interval '1 day';
-      if p_warmup_days > 0 and day_cap > 0 then
-        -- Day d (from 0) of a new number may use (d + 1) / warm-up days of the daily cap.
-        day_cap := least(day_cap, ceil(
-          day_cap::numeric
-          * (floor(extract(epoch from now() - coalesce(s.first_send_at, now())) / 86400) + 1)
-          / p_warmup_days)::integer);
-      end if;
-      if p_hourly_cap > 0 and used_hour >= p_hourly_cap then
-        -- Full: the oldest minute in the window leaves it an hour after it began.
-        select min(u.minute) + interval '1 hour' into free_at
-        from private.sender_usage u where u.sender = p_sender and u.minute > now() - interval '1 hour';
-      end if;
-      if day_cap > 0 and used_day >= day_cap then
-        select greatest(free_at, min(u.minute) + interval '1 day') into free_at
-        from private.sender_usage u where u.sender = p_sender and u.minute > now() - interval '1 day';
-      end if;
-      if free_at is not null then
-        update private.senders set next_send_at = free_at where sender = p_sender;
-        return;
-      end if;
-      if p_hourly_cap > 0 then
-        allowance := least(allowance, p_hourly_cap - used_hour);
-      end if;
-      if day_cap > 0 then
-        allowance := least(allowance, day_cap - used_day);
-      end if;
-    end if;
+  insert into private.senders (sender) values (r.sender) on conflict (sender) do nothing;
+  select * into s from private.senders where sender = r.sender for update;
+  if s.next_send_at > now() then
+    return 0;
   end if;
+  if r.spacing_max_s > 0 then
+    allowance := 1;
+  end if;
+  if r.hourly_cap = 0 and r.daily_cap = 0 then
+    return allowance;
+  end if;
+  select coalesce(sum(u.sends) filter (where u.minute > now() - interval '1 hour'), 0)::integer,
+         coalesce(sum(u.sends), 0)::integer
+    into used_hour, used_day
+  from private.sender_usage u
+  where u.sender = r.sender and u.minute > now() - interval '1 day';
+  if r.warmup_days > 0 and day_cap > 0 then
+    -- Day d (from 0) of a new number may use (d + 1) / warm-up days of the daily cap.
+    day_cap := least(day_cap, ceil(
+      day_cap::numeric
+      * (floor(extract(epoch from now() - coalesce(s.first_send_at, now())) / 86400) + 1)
+      / r.warmup_days)::integer);
+  end if;
+  if r.hourly_cap > 0 and used_hour >= r.hourly_cap then
+    -- Full: the oldest minute in the window leaves it an hour after it began.
+    select min(u.minute) + interval '1 hour' into free_at
+    from private.sender_usage u where u.sender = r.sender and u.minute > now() - interval '1 hour';
+  end if;
+  if day_cap > 0 and used_day >= day_cap then
+    select greatest(free_at, min(u.minute) + interval '1 day') into free_at
+    from private.sender_usage u where u.sender = r.sender and u.minute > now() - interval '1 day';
+  end if;
+  if free_at is not null then
+    update private.senders set next_send_at = free_at where sender = r.sender;
+    return 0;
+  end if;
+  if r.hourly_cap > 0 then
+    allowance := least(allowance, r.hourly_cap - used_hour);
+  end if;
+  if day_cap > 0 then
+    allowance := least(allowance, day_cap - used_day);
+  end if;
+  return allowance;
+end;
+$$;
 
-  select coalesce(array_agg(a.id order by a.scheduled_for nulls first, a.id), '{}') into active
+-- Step 4: up to p_allowance sending messages with due work, oldest first, key-share locked.
+create or replace function private.due_messages(r private.claim_request, p_allowance integer)
+returns uuid[]
+language sql
+set search_path = ''
+as $$
+  select coalesce(array_agg(a.id order by a.scheduled_for nulls first, a.id), '{}')
   from (
     select m.id, m.scheduled_for
     from public.messages m
@@ -240,13 +295,37 @@ begin
         where d.message_id = m.id and d.state = 'pending' and d.next_attempt_at <= now()
       )
       -- Checked here too, in this statement's snapshot: a message fanned out or resumed by
-      -- another connection after the deferral above must not slip through in its owner's night.
-      and (p_quiet_start is null or private.quiet_until(
-        (select p.timezone from public.profiles p where p.id = m.created_by), p_quiet_start, p_quiet_end) is null)
+      -- another connection after the deferral must not slip through in its owner's night.
+      and (r.quiet_start is null or private.quiet_until(
+        (select p.timezone from public.profiles p where p.id = m.created_by), r.quiet_start, r.quiet_end) is null)
     order by m.scheduled_for nulls first, m.id
-    limit allowance
+    limit p_allowance
     for key share of m skip locked
   ) a;
+$$;
+
+create or replace function private.claim_deliveries(p_request jsonb)
+returns table (
+  id uuid, message_id uuid, phone text, idempotency_key text, body text, attempts integer, state text
+)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  r private.claim_request := private.read_claim_request(p_request);
+  cfg private.settings := private.current_settings();
+  paced boolean := r.spacing_max_s > 0 or r.hourly_cap > 0 or r.daily_cap > 0;
+  allowance integer;
+  active uuid[];
+  per_message integer;
+begin
+  perform private.defer_quiet_hours(r);
+  allowance := private.take_allowance(r);
+  if allowance <= 0 then
+    return;
+  end if;
+  active := private.due_messages(r, allowance);
   per_message := ceil(allowance::numeric / greatest(cardinality(active), 1));
 
   return query
@@ -267,41 +346,82 @@ begin
       for update skip locked
     ) f
     limit greatest(allowance - (select count(*) from rescued), 0)
-  ), picked as (
-    -- The last check before the bridge call, in the statement that marks the delivery sending:
-    -- a recipient who opted out meanwhile (a reply, or by hand) is skipped, never sent.
-    select p.id, not exists (
-      select 1 from public.deliveries pd join public.contacts c on c.created_by = pd.created_by and c.phone = pd.phone
-      where pd.id = p.id and c.opted_out_at is not null
-    ) as sendable
+  ), rendered as (
+    -- What this recipient would receive, and whether they may receive anything at all (an
+    -- opt-out that arrived since the fan-out, by a reply or by hand).
+    select d.id, d.message_id, d.created_by, d.phone,
+           private.render(m.content, d.contact_name) as body,
+           exists (select 1 from public.contacts c
+                   where c.created_by = d.created_by and c.phone = d.phone and c.opted_out_at is not null)
+             as opted_out
     from (select id from rescued union all select id from fresh) p
+    join public.deliveries d on d.id = p.id
+    join public.messages m on m.id = d.message_id
+  ), judged as (
+    -- The last check before the bridge call, on the text that will leave the number.
+    select x.*, case when x.opted_out then null else private.exit_problems(x.body, cfg) end as problems
+    from rendered x
+  ), verdict as (
+    select j.*, case when j.opted_out then 'opted_out'
+                     when cardinality(j.problems) > 0 then 'held_by_rules' end as refusal
+    from judged j
   ), claimed as (
     update public.deliveries d
-    set state = case when picked.sendable then 'sending' else 'skipped' end,
-        attempts = d.attempts + picked.sendable::integer,
-        claimed_by = case when picked.sendable then p_worker else d.claimed_by end,
-        lease_expires_at = case when picked.sendable then now() + make_interval(secs => p_lease_seconds) end,
-        last_error_code = case when picked.sendable then d.last_error_code else 'opted_out' end,
-        last_error = case when picked.sendable then d.last_error else 'The recipient asked not to be messaged' end
-    from picked where d.id = picked.id
-    returning d.id, d.message_id, d.phone, d.contact_name, d.idempotency_key, d.attempts, d.state
-  )
-  select c.id, c.message_id, c.phone, c.contact_name, c.idempotency_key, m.content, c.attempts
-  from claimed c join public.messages m on m.id = c.message_id
-  where c.state = 'sending';
-
-  get diagnostics n = row_count;
-  if paced and n > 0 then
+    set state = case when v.refusal is null then 'sending' else 'skipped' end,
+        attempts = d.attempts + (v.refusal is null)::integer,
+        claimed_by = case when v.refusal is null then r.worker else d.claimed_by end,
+        lease_expires_at = case when v.refusal is null then now() + make_interval(secs => r.lease_seconds) end,
+        last_error_code = coalesce(v.refusal, d.last_error_code),
+        last_error = case v.refusal
+          when 'opted_out' then 'The recipient asked not to be messaged'
+          when 'held_by_rules' then 'Held: the text for this recipient breaks the rules ('
+                                    || array_to_string(v.problems, ', ') || ')'
+          else d.last_error end
+    from verdict v where d.id = v.id
+    returning d.id, d.message_id, d.created_by, d.phone, d.idempotency_key, d.attempts, d.state
+  ), ledger as (
+    insert into private.send_ledger (created_by, sender, phone, message_id)
+    select c.created_by, r.sender, c.phone, c.message_id from claimed c where c.state = 'sending'
+  ), used as (
+    -- Step 6: the sender's usage (the caps' sliding window) and, with spacing, its next send.
     insert into private.sender_usage as u (sender, minute, sends)
-    values (p_sender, date_trunc('minute', now()), n)
-    on conflict (sender, minute) do update set sends = u.sends + excluded.sends;
+    select r.sender, date_trunc('minute', now()), count(*)::integer from claimed c
+    where c.state = 'sending' and paced
+    having count(*) > 0
+    on conflict (sender, minute) do update set sends = u.sends + excluded.sends
+    returning u.sender
+  ), spaced as (
     update private.senders
     set first_send_at = coalesce(first_send_at, now()),
-        next_send_at = case when p_spacing_max_s > 0
-          then now() + make_interval(secs => p_spacing_min_s + random() * greatest(p_spacing_max_s - p_spacing_min_s, 0))
+        next_send_at = case when r.spacing_max_s > 0
+          then now() + make_interval(secs => r.spacing_min_s + random() * greatest(r.spacing_max_s - r.spacing_min_s, 0))
           else next_send_at end
-    where sender = p_sender;
-  end if;
+    where sender = (select sender from used)
+  ), told as (
+    -- One notification per message, when its first delivery is held (this statement's snapshot
+    -- does not see the holds it makes).
+    insert into public.notifications (user_id, type, title, message, related_entity_type, related_entity_id)
+    select h.created_by, 'warning', 'Envío retenido',
+           format('Parte de un mensaje no se envió: el texto de algunos destinatarios no cumple las reglas (%s). '
+                  'Revisa el nombre de esos contactos o el contenido del mensaje.', h.rules),
+           'message', h.message_id
+    from (
+      select v.message_id, v.created_by,
+             (select string_agg(distinct p, ', ') from verdict v2, unnest(v2.problems) p
+              where v2.message_id = v.message_id and v2.refusal = 'held_by_rules') as rules
+      from verdict v
+      where v.refusal = 'held_by_rules'
+      group by v.message_id, v.created_by
+    ) h
+    where not exists (
+      select 1 from public.deliveries d
+      where d.message_id = h.message_id and d.last_error_code = 'held_by_rules'
+    )
+  )
+  select c.id, c.message_id, c.phone, c.idempotency_key,
+         case when c.state = 'sending' then v.body end, c.attempts, c.state
+  from claimed c join verdict v on v.id = c.id;
+
 end;
 $$;
 
@@ -562,8 +682,11 @@ revoke all on function
   private.quiet_until(text, time, time),
   private.lock_messages_of(uuid[]),
   private.claim_messages(integer, double precision),
-  private.claim_deliveries(text, integer, double precision, text, double precision, double precision,
-                           integer, integer, integer, time, time),
+  private.read_claim_request(jsonb),
+  private.defer_quiet_hours(private.claim_request),
+  private.take_allowance(private.claim_request),
+  private.due_messages(private.claim_request, integer),
+  private.claim_deliveries(jsonb),
   private.complete_deliveries(uuid[], text[]),
   private.fail_deliveries(text, uuid[], text[], text[], boolean[], integer, double precision, double precision),
   private.finish_messages(uuid[]),
@@ -575,8 +698,11 @@ grant execute on function
   private.quiet_until(text, time, time),
   private.lock_messages_of(uuid[]),
   private.claim_messages(integer, double precision),
-  private.claim_deliveries(text, integer, double precision, text, double precision, double precision,
-                           integer, integer, integer, time, time),
+  private.read_claim_request(jsonb),
+  private.defer_quiet_hours(private.claim_request),
+  private.take_allowance(private.claim_request),
+  private.due_messages(private.claim_request, integer),
+  private.claim_deliveries(jsonb),
   private.complete_deliveries(uuid[], text[]),
   private.fail_deliveries(text, uuid[], text[], text[], boolean[], integer, double precision, double precision),
   private.finish_messages(uuid[]),

@@ -184,6 +184,7 @@ as $$
       count(*) filter (where state = 'failed')::integer as failed,
       count(*) filter (where state = 'cancelled')::integer as cancelled,
       count(*) filter (where state = 'skipped')::integer as skipped,
+      count(*) filter (where state = 'skipped' and last_error_code = 'held_by_rules')::integer as held,
       count(*)::integer as total,
       min(sent_at) as first_sent_at,
       max(sent_at) as last_sent_at
@@ -209,6 +210,8 @@ as $$
     'success_rate', case when c.sent + c.delivered + c.read + c.failed = 0 then null
                          else round((c.sent + c.delivered + c.read)::numeric
                                     / (c.sent + c.delivered + c.read + c.failed), 4) end,
+    -- Held at the exit: the text rendered for these recipients broke a rule, so it never left.
+    'held', c.held,
     -- Account safety next to the outcomes: what recipients answered, and how many opted out.
     'replies', (select count(*) from public.replies r where r.message_id = (select id from msg)),
     'opt_outs', (select count(*) from public.replies r where r.message_id = (select id from msg) and r.kind = 'opt_out'),

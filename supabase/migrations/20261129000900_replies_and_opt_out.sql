@@ -1,15 +1,29 @@
 -- =============================================================================
--- Replies and automatic opt-out: a recipient who answers "BAJA" or "STOP" is never
--- messaged again, by any user who has them as a contact.
+-- Replies and automatic opt-out. A reply belongs to whoever wrote to that phone; an opt-out
+-- belongs to the number, which every user of the deployment shares.
 --
 --   public.reply_kind          what a whole message means: opt_out, opt_in or reply
---   private.record_reply       one incoming WhatsApp message: stored once per owner who
---                              has the sender as a contact (anything else is dropped),
---                              and opt-out/opt-in applied to those contacts
+--   private.record_reply       one incoming WhatsApp message: stored for the users who wrote to
+--                              the sender lately, and opt-out/opt-in applied to every contact
+--                              with the sender's phone
 --   private.skip_opted_out     deliveries not yet sent to an opted-out phone are skipped
 --                              (last_error_code `opted_out`); the dispatcher's claim skips
 --                              them too, in the statement that would mark them sending
 --   reply_received             the realtime event of each stored reply
+--
+-- Who keeps a reply: each user with a row in private.send_ledger for that phone (a delivery the
+-- dispatcher marked sending) at most private.settings.reply_window_days days (REPLY_WINDOW_DAYS,
+-- 30) before the reply arrived; nobody else, whether or not they have the phone as a contact, so
+-- adding a phone never shows answers to someone else's campaign. The ledger outlives deleted
+-- messages. Each copy names that user's contact with the phone (null if none) and that user's
+-- last message to it (null if it was deleted since). From a sender nobody wrote to, no reply is
+-- kept (a keyword still acts, as below).
+--
+-- What a keyword does, for everyone: an opt-out keyword opts out every user's contact with that
+-- phone (and skips their unsent deliveries), since a recipient who blocks or reports the shared
+-- number harms all users; each owner whose contact it opted out gets a warning notification. An
+-- opt-in keyword lifts, just as widely, the opt-outs that a keyword made; one set by hand stays
+-- until its owner lifts it.
 --
 -- The matching rule: the whole message, lowercased, without accents and with every
 -- character that is not a letter or a digit turned into a space (spaces collapsed,
@@ -70,8 +84,9 @@ begin
 end;
 $$;
 
--- One incoming message. Returns how many owners stored it (0: the sender is nobody's contact,
--- and nothing was kept). A repeated WhatsApp message id changes nothing.
+-- One incoming message. Returns how many users kept it (0: nobody wrote to the sender within
+-- the window, and no reply was stored). A repeated WhatsApp message id stores nothing new, and
+-- its keyword finds the contacts already opted out (or in).
 create or replace function private.record_reply(
   p_phone text, p_text text, p_whatsapp_message_id text, p_received_at timestamptz
 )
@@ -83,45 +98,53 @@ as $$
 declare
   kind text := public.reply_kind(p_text);
   keyword text := left(btrim(p_text), 100);
-  owners uuid[];
+  received timestamptz := coalesce(p_received_at, now());
+  since timestamptz := received - make_interval(days => (select s.reply_window_days from private.current_settings() s));
+  kept integer;
   contact record;
 begin
-  with stored as (
+  -- The writers of the window, each with their latest send to this phone.
+  with writers as (
+    select distinct on (l.created_by) l.created_by, l.message_id
+    from private.send_ledger l
+    where l.phone = p_phone and l.at >= since
+    order by l.created_by, l.at desc, l.id desc
+  ),
+  stored as (
     insert into public.replies (created_by, contact_id, phone, text, kind, message_id, whatsapp_message_id, received_at)
-    select distinct on (c.created_by)
-      c.created_by, c.id, p_phone, left(p_text, 4096), kind,
-      (select d.message_id from public.deliveries d
-       where d.created_by = c.created_by and d.phone = p_phone and d.sent_at is not null
-       order by d.sent_at desc limit 1),
-      p_whatsapp_message_id, coalesce(p_received_at, now())
-    from public.contacts c
-    where c.phone = p_phone
-    order by c.created_by, c.created_at
+    select
+      w.created_by,
+      (select c.id from public.contacts c where c.created_by = w.created_by and c.phone = p_phone),
+      p_phone, left(p_text, 4096), kind,
+      (select m.id from public.messages m where m.id = w.message_id),
+      p_whatsapp_message_id, received
+    from writers w
     on conflict (created_by, whatsapp_message_id) do nothing
-    returning created_by
+    returning 1
   )
-  select coalesce(array_agg(created_by), '{}') into owners from stored;
+  select count(*) into kept from stored;
 
-  if kind = 'opt_out' and cardinality(owners) > 0 then
+  -- Keywords act on the shared number: every user's contact with this phone.
+  if kind = 'opt_out' then
     for contact in
       update public.contacts c
-      set opted_out_at = coalesce(p_received_at, now()), opted_out_keyword = keyword
-      where c.phone = p_phone and c.created_by = any(owners) and c.opted_out_at is null
+      set opted_out_at = received, opted_out_keyword = keyword
+      where c.phone = p_phone and c.opted_out_at is null
       returning c.id, c.created_by, c.name
     loop
       insert into public.notifications (user_id, type, title, message, related_entity_type, related_entity_id)
       values (contact.created_by, 'warning', 'Contacto dado de baja',
-              format('%s (%s) respondió "%s" y no recibirá más mensajes.', contact.name, p_phone, keyword),
+              format('%s (%s) escribió "%s" y no recibirá más mensajes.', contact.name, p_phone, keyword),
               'contact', contact.id);
     end loop;
     -- (contacts_skip_after_opt_out skips their unsent deliveries, as for an opt-out by hand)
-  elsif kind = 'opt_in' and cardinality(owners) > 0 then
+  elsif kind = 'opt_in' then
     update public.contacts c
     set opted_out_at = null, opted_out_keyword = null
-    where c.phone = p_phone and c.created_by = any(owners) and c.opted_out_at is not null
+    where c.phone = p_phone and c.opted_out_at is not null
       and c.opted_out_keyword is not null;  -- a hand-made opt-out is the owner's to lift
   end if;
-  return cardinality(owners);
+  return kept;
 end;
 $$;
 
@@ -204,3 +227,5 @@ $$;
 
 create trigger replies_emit_event after insert on public.replies
   for each row execute function private.emit_reply_event();
+
+revoke all on function private.emit_reply_event() from public, anon, authenticated;

@@ -56,14 +56,7 @@ async def audit_action(
     entity_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Record a critical action in the caller's own transaction (it commits or rolls back with it)."""
-    await audit.record(
-        conn,
-        action,
-        actor_id=who.id,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        ip=who.ip,
-        user_agent=who.user_agent,
-        details=details,
-    )
+    """Record an action that changes no table (a read of everyone's data, an export) in the
+    caller's own transaction: it commits or rolls back with it. Table changes are audited by the
+    database's triggers."""
+    await audit.record(conn, action, actor_id=who.id, entity_type=entity_type, entity_id=entity_id, details=details)

@@ -3,9 +3,10 @@ pagination; and their `Annotated` aliases, which every route uses:
 
 - `ResourcesDep`: the app's Resources (settings, pools, clients);
 - `CallerDep`: the verified caller (401 without a valid bearer token);
-- `UserConn`: a transaction as the caller (RLS applies). Its scope is "function": the transaction
-  commits when the route returns, before the response is sent, so an answer describes what was
-  committed and a failing commit is answered as an error;
+- `UserConn`: a transaction as the caller (RLS applies; request.headers carries their IP and user
+  agent, as PostgREST passes them). Its scope is "function": the transaction commits when the
+  route returns, before the response is sent, so an answer describes what was committed and a
+  failing commit is answered as an error;
 - `PagingDep`: the page and page_size query parameters.
 """
 
@@ -30,7 +31,7 @@ from whatsched.auth.ratelimit import RateLimits
 from whatsched.auth.tokens import InvalidToken, Verifier
 from whatsched.bridge_client import BridgeClient
 from whatsched.config import Settings
-from whatsched.db.pool import user_tx
+from whatsched.db.pool import request_headers, user_tx
 
 
 class AuthProvider(Protocol):
@@ -80,6 +81,11 @@ class Caller:
     def email(self) -> str | None:
         value = self.claims.get("email")
         return str(value) if value else None
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        """What Postgres receives as request.headers: the client as this API resolved it."""
+        return request_headers(self.ip, self.user_agent)
 
 
 UNAUTHENTICATED = {"WWW-Authenticate": "Bearer"}
@@ -132,8 +138,9 @@ CallerDep = Annotated[Caller, Depends(caller)]
 
 
 async def user_conn(who: CallerDep, res: ResourcesDep) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction as the caller: RLS decides what it sees."""
-    async with user_tx(res.pool, who.claims) as conn:
+    """A transaction as the caller: RLS decides what it sees, and the database's audit trail
+    records the caller's IP and user agent."""
+    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
         yield conn
 
 

@@ -99,6 +99,7 @@ _SQLSTATE_STATUS = {
     "WS425": 422,
     "WS426": 422,  # content_empty | content_too_long | html_not_allowed
     "WS427": 422,  # spam_suspected
+    "WS428": 422,  # validation_error: a contact's or group's name or description (DETAIL names the field)
     "WS429": 429,  # rate_limited
 }
 _CONSTRAINT_CODES = {

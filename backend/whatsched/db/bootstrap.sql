@@ -344,10 +344,13 @@ grant execute on function realtime.topic() to anon, authenticated, service_role;
 -- becomes a WARNING, never the caller's failure. Two local additions:
 -- - pg_notify('realtime', {"topic","event","payload","private"}) for the API's hubs, with the
 --   payload as given (no "id"): what private.broadcast notifies on Supabase too, so our sockets
---   get the same frames on both (whatsched.realtime.hub).
+--   get the same frames on both (whatsched.realtime.hub). Only what Realtime would broadcast is
+--   relayed: a send whose insert failed (RLS refuses every user's insert) notifies nothing, so
+--   the grant Supabase gives every role opens no way onto someone's socket.
 -- - no insert when the bootstrap's day partitions have run out (a plain-Postgres server running
 --   for days without `whatsched migrate`): nothing here reads the stored copy, and a WARNING on
---   every event would flood the server log. On Supabase, Realtime keeps the partitions.
+--   every event would flood the server log. On Supabase, Realtime keeps the partitions. Then
+--   only callers RLS does not apply to (the service, our definer functions) are relayed.
 create or replace function realtime.send(payload jsonb, event text, topic text, private boolean default true)
 returns void
 language plpgsql
@@ -355,6 +358,7 @@ as $$
 declare
   generated_id uuid;
   final_payload jsonb;
+  relay boolean := false;
 begin
   begin
     generated_id := gen_random_uuid();
@@ -367,15 +371,20 @@ begin
     if to_regclass('realtime.messages_' || to_char(localtimestamp, 'YYYY_MM_DD')) is not null then
       insert into realtime.messages (id, payload, event, topic, private, extension)
       values (generated_id, final_payload, event, topic, private, 'broadcast');
+      relay := true;
+    else
+      relay := not row_security_active('realtime.messages');
     end if;
   exception
     when others then
       raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
   end;
-  perform pg_notify(
-    'realtime',
-    jsonb_build_object('topic', topic, 'event', event, 'payload', payload, 'private', private)::text
-  );
+  if relay then
+    perform pg_notify(
+      'realtime',
+      jsonb_build_object('topic', topic, 'event', event, 'payload', payload, 'private', private)::text
+    );
+  end if;
 end;
 $$;
 alter function realtime.send(jsonb, text, text, boolean) owner to supabase_realtime_admin;

@@ -53,6 +53,19 @@ async def applied_versions(conn: asyncpg.Connection) -> set[str]:
     return {r["version"] for r in rows}
 
 
+async def changed_since_applied(conn: asyncpg.Connection, known: list[Migration]) -> list[str]:
+    """Applied migrations whose file now says something else. Only rows our runner wrote (the whole
+    file as one statement) can be compared; the supabase CLI stores the file split."""
+    if await conn.fetchval("select to_regclass('supabase_migrations.schema_migrations')") is None:
+        return []
+    rows = await conn.fetch(
+        "select version, statements[1] as sql from supabase_migrations.schema_migrations"
+        " where cardinality(statements) = 1"
+    )
+    stored = {r["version"]: r["sql"] for r in rows}
+    return [m.version for m in known if m.version in stored and stored[m.version] != m.sql]
+
+
 def unknown_versions(done: set[str], known: list[Migration]) -> list[str]:
     """Applied versions this checkout does not have: a database migrated by another history."""
     return sorted(done - {m.version for m in known})
@@ -69,6 +82,15 @@ async def pending(conn: asyncpg.Connection, folder: Path | None = None) -> list[
             f"the database was migrated by migrations this checkout does not have ({', '.join(stale[:3])}"
             f"{', ...' if len(stale) > 3 else ''}); it predates the squashed schema: recreate it"
             " (for the embedded default, delete DATA_DIR's postgres folder) and run whatsched migrate again"
+        )
+    changed = await changed_since_applied(conn, known)
+    if changed:
+        # Before the first release a migration file is edited in place (one definition per object):
+        # a database built from an earlier edit would silently keep the old definitions.
+        raise ConfigError(
+            f"the database was migrated by an earlier version of {', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}; before the first release migrations are edited in place:"
+            " recreate it (for the embedded default, delete DATA_DIR's postgres folder) and run whatsched migrate again"
         )
     return [m for m in known if m.version not in done]
 

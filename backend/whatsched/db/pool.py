@@ -88,19 +88,32 @@ def sql_literal(text: str) -> str:
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-@asynccontextmanager
-async def user_tx(pool: asyncpg.Pool, claims: Mapping[str, Any]) -> AsyncIterator[asyncpg.Connection]:
-    """One transaction as PostgREST runs it: role `authenticated`, the verified JWT claims and
-    the role's statement timeout (57014 when a statement runs longer; the API answers 503).
+def request_headers(ip: str | None, user_agent: str | None) -> dict[str, str]:
+    """What a transaction carries as `request.headers`, named as PostgREST names them (lowercase):
+    the client IP as the API resolved it (trusted proxies) and the user agent. The audit trail's
+    triggers read them (20261206000100_audit_trail)."""
+    headers = {"x-forwarded-for": ip, "user-agent": user_agent}
+    return {name: value for name, value in headers.items() if value}
 
-    BEGIN and both settings travel in one round trip (a simple-protocol batch), so inside it use
+
+@asynccontextmanager
+async def user_tx(
+    pool: asyncpg.Pool, claims: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    """One transaction as PostgREST runs it: role `authenticated`, the verified JWT claims, the
+    request's headers (`request_headers()`; none for callers without a request) and the role's
+    statement timeout (57014 when a statement runs longer; the API answers 503).
+
+    BEGIN and the settings travel in one round trip (a simple-protocol batch), so inside it use
     plain SQL `savepoint` rather than asyncpg's `conn.transaction()`. Committed when the block
     ends, rolled back if it raises."""
     literal = sql_literal(json.dumps(dict(claims)))
+    header_literal = sql_literal(json.dumps(dict(headers or {})))
     async with pool.acquire() as conn:
         await conn.execute(
             "begin; select set_config('role', 'authenticated', true),"
             f" set_config('request.jwt.claims', {literal}, true),"
+            f" set_config('request.headers', {header_literal}, true),"
             f" set_config('statement_timeout', current_setting('{USER_TIMEOUT_SETTING}'), true)"
         )
         try:
@@ -113,11 +126,14 @@ async def user_tx(pool: asyncpg.Pool, claims: Mapping[str, Any]) -> AsyncIterato
 
 
 @asynccontextmanager
-async def service_tx(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """One transaction as `service_role` (bypasses RLS): the worker and the auth provider."""
+async def service_tx(pool: asyncpg.Pool, headers: Mapping[str, str] | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """One transaction as `service_role` (bypasses RLS): the worker and the auth provider; with
+    `headers` when it acts for a request (the audit of a login records its IP and user agent)."""
+    header_literal = sql_literal(json.dumps(dict(headers or {})))
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "select set_config('role', 'service_role', true),"
-            " set_config('request.jwt.claims', '{\"role\":\"service_role\"}', true)"
+            " set_config('request.jwt.claims', '{\"role\":\"service_role\"}', true),"
+            f" set_config('request.headers', {header_literal}, true)"
         )
         yield conn

@@ -8,12 +8,8 @@ from uuid import UUID
 import phonenumbers
 from pydantic import BaseModel, EmailStr, Field, field_validator, model_validator
 
-from whatsched.directory.text import clean_name, clean_text
 from whatsched.models import UtcDateTime
 
-GROUP_NAME_MAX = 100
-GROUP_DESCRIPTION_MAX = 1000
-CONTACT_NAME_MAX = 200
 MAX_GROUPS_PER_CONTACT_WRITE = 100
 MAX_MEMBERS_PER_ADD = 1000
 
@@ -30,25 +26,26 @@ def _refuse_nulls(data: Any, fields: tuple[str, ...]) -> Any:
     return data
 
 
+def _without_nul(value: str | None) -> str | None:
+    # Postgres text cannot carry NUL, so it cannot reach the cleaning that removes every other
+    # control character (triggers on contacts and groups); JSON can. Dropping it is transport.
+    return None if value is None else value.replace("\x00", "")
+
+
 # -----------------------------------------------------------------------------------------------
 # Groups
 # -----------------------------------------------------------------------------------------------
 
 
 class GroupWrite(BaseModel):
-    # Raw lengths are generous: the limits apply after cleaning.
+    # Raw lengths are generous: Postgres cleans the text, then applies the limits (422 with the field).
     name: str = Field(max_length=2000, description="1 to 100 characters after trimming; unique per user (any case)")
     description: str | None = Field(default=None, max_length=5000, description="At most 1000 characters")
 
-    @field_validator("name")
+    @field_validator("name", "description")
     @classmethod
-    def _name(cls, value: str) -> str:
-        return clean_name(value, GROUP_NAME_MAX)
-
-    @field_validator("description")
-    @classmethod
-    def _description(cls, value: str | None) -> str:
-        return clean_text(value or "", GROUP_DESCRIPTION_MAX)
+    def _nul(cls, value: str | None) -> str | None:
+        return _without_nul(value)
 
 
 class GroupCreate(GroupWrite):
@@ -98,7 +95,7 @@ class MembersAdded(BaseModel):
 
 
 class ContactWrite(BaseModel):
-    name: str = Field(max_length=2000, description="1 to 200 characters after trimming")
+    name: str = Field(max_length=2000, description="1 to 200 characters after trimming, without links")
     phone: str = Field(
         max_length=100,
         description='Any way a person writes it ("+56 9 1234 5678", "9 1234 5678"); stored as E.164',
@@ -114,8 +111,8 @@ class ContactWrite(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _name(cls, value: str) -> str:
-        return clean_name(value, CONTACT_NAME_MAX)
+    def _nul(cls, value: str) -> str:
+        return value.replace("\x00", "")
 
     @field_validator("email", mode="before")
     @classmethod

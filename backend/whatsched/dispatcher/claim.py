@@ -1,8 +1,11 @@
 """Claim: start messages about to fall due, and take one batch of due deliveries under a lease, in one round
-trip (private.claim_deliveries). Also: how long the worker may sleep before the next work."""
+trip (private.claim_deliveries, given one named request). Each delivery comes back rendered and checked at
+the exit: `body` is the text to send, or None when the claim skipped it (an opt-out) or held it (the text
+for that recipient breaks a rule). Also: how long the worker may sleep before the next work."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -11,20 +14,20 @@ import asyncpg
 from whatsched.dispatcher.pacing import Pacing
 
 START = "select count(*)::integer from private.claim_messages($1, $2)"
-CLAIM = "select * from private.claim_deliveries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+CLAIM = "select id, message_id, phone, idempotency_key, body, attempts from private.claim_deliveries($1::jsonb)"
 NEXT_WAKE = "select extract(epoch from private.next_wake_at($1, $2) - clock_timestamp())::float8"
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A delivery now `sending` under this worker's lease: everything needed to send it."""
+    """A delivery the claim decided on: `sending` under this worker's lease with the text to send
+    (`body`), or skipped or held at the exit (`body` None: nothing to send)."""
 
     id: UUID
     message_id: UUID
     phone: str
-    contact_name: str | None
     idempotency_key: str
-    content: str
+    body: str | None
     attempts: int
 
 
@@ -43,13 +46,9 @@ async def claim(
     limit: int,
     lease_s: float,
 ) -> list[Claimed]:
-    rows = await conn.fetch(CLAIM, worker_id, limit, lease_s, *pacing.claim_args(sender))
-    return [
-        Claimed(
-            r["id"], r["message_id"], r["phone"], r["contact_name"], r["idempotency_key"], r["content"], r["attempts"]
-        )
-        for r in rows
-    ]
+    request = {"worker": worker_id, "batch_limit": limit, "lease_seconds": lease_s, **pacing.claim_request(sender)}
+    rows = await conn.fetch(CLAIM, json.dumps(request))
+    return [Claimed(*r) for r in rows]
 
 
 async def seconds_until_next(conn: asyncpg.Connection, sender: str | None, ahead_s: float) -> float | None:

@@ -9,7 +9,6 @@ from uuid import UUID
 
 from whatsched import metrics
 from whatsched.bridge_client import BridgeClient, BridgeError
-from whatsched.content import render
 from whatsched.dispatcher.claim import Claimed
 
 
@@ -28,8 +27,7 @@ class Refused:
     permanent: bool
 
 
-async def _send_one(bridge: BridgeClient, delivery: Claimed) -> Sent | Refused:
-    body = render(delivery.content, delivery.contact_name)
+async def _send_one(bridge: BridgeClient, delivery: Claimed, body: str) -> Sent | Refused:
     try:
         result = await bridge.send(delivery.phone, body, delivery.idempotency_key)
     except BridgeError as exc:
@@ -42,7 +40,8 @@ async def _send_one(bridge: BridgeClient, delivery: Claimed) -> Sent | Refused:
 
 
 async def send_batch(bridge: BridgeClient, batch: list[Claimed]) -> tuple[list[Sent], list[Refused]]:
-    answers = await asyncio.gather(*(_send_one(bridge, d) for d in batch))
+    """Send what the claim rendered and passed; skipped and held deliveries have no body and stay here."""
+    answers = await asyncio.gather(*(_send_one(bridge, d, d.body) for d in batch if d.body is not None))
     sent = [a for a in answers if isinstance(a, Sent)]
     refused = [a for a in answers if isinstance(a, Refused)]
     return sent, refused

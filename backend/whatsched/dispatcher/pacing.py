@@ -95,18 +95,18 @@ class Pacing:
         # With spacing, sends go one at a time; the claim enforces it too.
         return 1 if self.spaced else batch_size
 
-    def claim_args(self, sender: str) -> tuple[Any, ...]:
-        """The pacing arguments of private.claim_deliveries, in order."""
-        return (
-            sender,
-            self.spacing_min_s,
-            self.spacing_max_s,
-            self.hourly_cap,
-            self.daily_cap,
-            self.warmup_days,
-            self.quiet.start if self.quiet else None,
-            self.quiet.end if self.quiet else None,
-        )
+    def claim_request(self, sender: str) -> dict[str, Any]:
+        """The pacing fields of private.claim_deliveries' request, by name."""
+        return {
+            "sender": sender,
+            "spacing_min_s": self.spacing_min_s,
+            "spacing_max_s": self.spacing_max_s,
+            "hourly_cap": self.hourly_cap,
+            "daily_cap": self.daily_cap,
+            "warmup_days": self.warmup_days,
+            "quiet_start": self.quiet.start.isoformat() if self.quiet else None,
+            "quiet_end": self.quiet.end.isoformat() if self.quiet else None,
+        }
 
 
 def sender_key(status: dict[str, Any]) -> str | None:

@@ -1,6 +1,7 @@
 """From a table to the rows to write, batch by batch: phones to E.164 with
-`whatsched.phones.normalize`, names and emails checked, duplicates inside the file resolved, and
-every refused row reported with the row number and column a person sees.
+`whatsched.phones.normalize`, names cleaned and judged by Postgres (the rule the contacts trigger
+applies, asked for a whole batch in one statement: `judge`), emails checked, duplicates inside the
+file resolved, and every refused row reported with the row number and column a person sees.
 
 Phone parsing is the expensive step (tens of microseconds a number), so each distinct string is
 parsed once: pandas factorises the phone column, whose distinct values come in order of first
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,9 +36,11 @@ log = logging.getLogger("whatsched.imports")
 
 OnDuplicate = Literal["skip", "update"]
 Record = tuple[str, str | None, str | None]  # (phone E.164, name or None, email or None)
+# Raw names in, for each: the name as stored (None when blank: the phone names the contact) and
+# why it is refused (None when it is not). Postgres answers (writer.judge_names).
+NameJudge = Callable[[list[str]], Awaitable[tuple[list[str | None], list[str | None]]]]
 
 MAX_INVALID_LISTED = 1_000
-NAME_MAX = 200
 EMAIL_MAX = 320
 VALUE_SHOWN_MAX = 200
 EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"  # the database's check on contacts.email
@@ -55,6 +58,12 @@ class Invalid:
     reason: str
 
 
+@dataclass(frozen=True)
+class Names:
+    names: list[str | None]  # as stored; None when blank
+    problems: list[str | None]  # why a name is refused, e.g. "longer than 200 characters"
+
+
 @dataclass
 class Batch:
     rows: int  # data rows of the file this batch covers
@@ -68,6 +77,7 @@ class Timings:
     parse_wall: float = 0.0  # from the first number sent to the pool to the last one parsed
     parse_cpu: float = 0.0  # CPU seconds the parsing took, all processes together
     decide: float = 0.0  # vectorised checks and duplicate resolution
+    names: float = 0.0  # Postgres judging the names, batch by batch (overlapping the writes)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -140,15 +150,22 @@ class Validator:
             job.add_done_callback(self._parsed_at)
         return jobs
 
-    async def batches(self) -> AsyncGenerator[Batch, None]:
+    async def batches(self, judge: NameJudge) -> AsyncGenerator[Batch, None]:
+        """The batches in order. `judge` should use a connection of its own: the names of batch
+        k + 1 are judged while the caller writes batch k."""
         self._pooled = False
         jobs = self._submit()
         per_batch = len(jobs) == len(self.bounds)  # else one job covers every string
         parsed = 0  # the distinct strings [0, parsed) are known
         ready: Batch | None = None
         deciding: asyncio.Future[Batch] | None = None
+        judging: asyncio.Future[Names | None] | None = None
         try:
             for k, (start, end) in enumerate(self.bounds):
+                judged = await (judging or self._judged_names(start, end, judge))
+                judging = None
+                if k + 1 < len(self.bounds):
+                    judging = asyncio.ensure_future(self._judged_names(*self.bounds[k + 1], judge))
                 if parsed < self.edges[k + 1]:
                     try:
                         self._fill(parsed, await jobs[k if per_batch else 0])
@@ -162,7 +179,7 @@ class Validator:
                         parsed = len(self.distinct)
                 # Batch k is decided in a thread while the caller writes batch k - 1 (decisions stay
                 # in order: `seen` and the invalid list are only touched by one decision at a time).
-                deciding = asyncio.ensure_future(asyncio.to_thread(self._timed_decide, start, end))
+                deciding = asyncio.ensure_future(asyncio.to_thread(self._timed_decide, start, end, judged))
                 if ready is not None:
                     yield ready
                 ready = await deciding
@@ -171,6 +188,10 @@ class Validator:
         finally:
             if deciding is not None and not deciding.done():
                 deciding.cancel()
+            # Left behind only when the import failed on its own account: stop it, or read its outcome
+            # (so asyncio does not report an exception nobody retrieved).
+            if judging is not None and not judging.cancel() and not judging.cancelled():
+                judging.exception()
             for job in jobs:
                 if not job.done():
                     job.cancel()
@@ -179,14 +200,27 @@ class Validator:
 
     # -- deciding -----------------------------------------------------------------------------
 
-    def _timed_decide(self, start: int, end: int) -> Batch:
+    async def _judged_names(self, start: int, end: int, judge: NameJudge) -> Names | None:
+        """The batch's names as Postgres stores them, and why any is refused (None: no name column)."""
+        if not self.plan.name:
+            return None
+        frame = self.table.frame.iloc[start:end]
+        raw = frame[self.plan.name[0]]
+        for extra in self.plan.name[1:]:
+            raw = raw + " " + frame[extra]
+        mark = time.perf_counter()
+        names, problems = await judge(raw.tolist())
+        self.timings.names += time.perf_counter() - mark
+        return Names(names, problems)
+
+    def _timed_decide(self, start: int, end: int, judged: Names | None) -> Batch:
         mark = time.perf_counter()
         try:
-            return self._decide(start, end)
+            return self._decide(start, end, judged)
         finally:
             self.timings.decide += time.perf_counter() - mark
 
-    def _decide(self, start: int, end: int) -> Batch:
+    def _decide(self, start: int, end: int, judged: Names | None) -> Batch:
         import numpy as np
         import pandas as pd
 
@@ -196,15 +230,14 @@ class Validator:
         e164, reason = self.e164[codes], self.reason[codes]
         bad_phone = pd.isna(e164)
 
-        if plan.name:
-            name = frame[plan.name[0]]
-            for extra in plan.name[1:]:
-                name = name + " " + frame[extra]
-            # Line breaks, tabs and control characters inside a cell become single spaces.
-            name = name.str.replace(r"[\s\x00-\x1f\x7f-\x9f]+", " ", regex=True).str.strip()
+        if judged is not None:
+            name = pd.Series([n or "" for n in judged.names], dtype=object)
+            problem = np.array(judged.problems, dtype=object)
+            bad_name = pd.notna(problem) & ~bad_phone
         else:
             name = pd.Series([""] * size, dtype=object)
-        bad_name = (name.str.len() > NAME_MAX).to_numpy(dtype=bool) & ~bad_phone
+            problem = np.full(size, None, dtype=object)
+            bad_name = np.zeros(size, dtype=bool)
 
         if plan.email is not None:
             email = frame[plan.email]
@@ -220,9 +253,7 @@ class Validator:
             if bad_phone[i]:
                 item = Invalid(int(rows[i]), plan.label(plan.phone), _shown(frame[plan.phone].iat[i]), str(reason[i]))
             elif bad_name[i]:
-                item = Invalid(
-                    int(rows[i]), self._name_label, _shown(name.iat[i]), f"name longer than {NAME_MAX} characters"
-                )
+                item = Invalid(int(rows[i]), self._name_label, _shown(name.iat[i]), f"name {problem[i]}")
             else:
                 assert plan.email is not None
                 item = Invalid(int(rows[i]), plan.label(plan.email), _shown(email.iat[i]), "not a valid email address")

@@ -2,9 +2,10 @@
 
 Each event is its own short transaction on a pooled connection, as the user, OUTSIDE the import's
 transaction: realtime.send is pg_notify on plain Postgres, and a NOTIFY inside a transaction is
-delivered only at commit, which for the import is the end. Updates are throttled to a few a second
-(a stage change goes at once; within a stage the latest counts go when the interval ends) and never
-fail an import: a lost progress event is only lost.
+delivered only at commit, which for the import is the end. The database builds the event and picks
+the topic (private.send_import_progress: the caller's own, whatever the caller asks). Updates are
+throttled to a few a second (a stage change goes at once; within a stage the latest counts go when
+the interval ends) and never fail an import: a lost progress event is only lost.
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ class Progress:
         try:
             async with user_tx(self.pool, self.claims) as conn:
                 await conn.execute(
-                    "select private.broadcast($1::jsonb, $2, $3)",
-                    payload,  # the pool's jsonb codec serialises it
-                    EVENT,
-                    f"user:{self.user_id}",
+                    "select private.send_import_progress($1::uuid, $2, $3, $4)",
+                    payload["import_id"],
+                    payload["stage"],
+                    payload["processed"],
+                    payload["total"],
                 )
             self.sent += 1
         except DATABASE_ERRORS as exc:

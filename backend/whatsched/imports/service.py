@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import time
@@ -18,7 +19,7 @@ import asyncpg
 import phonenumbers
 
 from whatsched import audit
-from whatsched.db.pool import user_tx
+from whatsched.db.pool import request_headers, user_tx
 from whatsched.imports import normalize, phone_pool, writer
 from whatsched.imports.columns import ROLES, plan_columns
 from whatsched.imports.normalize import Invalid, OnDuplicate
@@ -32,12 +33,17 @@ WARM_POOL_BYTES = 384 * 1024
 
 @dataclass(frozen=True)
 class Actor:
-    """Who imports: the verified claims go to Postgres as request.jwt.claims."""
+    """Who imports: the verified claims go to Postgres as request.jwt.claims, the IP and user
+    agent (none from the command line) as request.headers, which the audit entry records."""
 
     id: str
     claims: Mapping[str, Any]
     ip: str | None = None
     user_agent: str | None = None
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        return request_headers(self.ip, self.user_agent)
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ def _safe_name(filename: str | None) -> str:
 
 async def _context(pool: asyncpg.Pool, actor: Actor, options: ImportOptions) -> str | None:
     """The country for national numbers, and a check that every group is visible to the user."""
-    async with user_tx(pool, actor.claims) as conn:
+    async with user_tx(pool, actor.claims, actor.request_headers) as conn:
         row = await conn.fetchrow(
             "select (select default_country from public.profiles where id = (select auth.uid())) as country,"
             " (select count(*) from public.groups where id = any($1::uuid[]))::integer as groups",
@@ -202,6 +208,7 @@ async def run_import(
         "phones": validator.timings.parse_wall,
         "phones_cpu": validator.timings.parse_cpu,
         "validate": validator.timings.decide,
+        "names": validator.timings.names,
         **db_timings,
         "total": time.perf_counter() - started,
     }
@@ -222,10 +229,15 @@ async def _write(
     written, duplicates, processed, in_db, waited = writer.Written(), 0, 0, 0.0, 0.0
     committing = 0.0
     try:
-        async with user_tx(pool, actor.claims) as conn:
+        # A second connection judges the names of the next batch while this one writes.
+        async with (
+            user_tx(pool, actor.claims, actor.request_headers) as conn,
+            user_tx(pool, actor.claims, actor.request_headers) as judging,
+        ):
             await writer.prepare(conn)
             waiting_since = time.perf_counter()
-            async with contextlib.aclosing(validator.batches()) as batches:
+            judge = functools.partial(writer.judge_names, judging)
+            async with contextlib.aclosing(validator.batches(judge)) as batches:
                 async for batch in batches:
                     mark = time.perf_counter()
                     waited += mark - waiting_since
@@ -237,13 +249,13 @@ async def _write(
                     waiting_since = time.perf_counter()
             if options.dry_run:
                 raise _RolledBack
+            # Not a table change of its own (the contacts are): recorded as the service, in this
+            # transaction, so it commits with the import or not at all.
             await audit.record(
                 conn,
                 "contacts.import",
                 actor_id=actor.id,
                 entity_type="contact",
-                ip=actor.ip,
-                user_agent=actor.user_agent,
                 details={
                     "import_id": options.import_id,
                     "file": _safe_name(filename),

@@ -70,6 +70,15 @@ select distinct group_id::text from linked
 """
 
 
+async def judge_names(conn: asyncpg.Connection, raw: list[str]) -> tuple[list[str | None], list[str | None]]:
+    """Each raw name as the contacts trigger would store it and why it would refuse it (Postgres
+    decides: private.contact_names). A blank name is no refusal here: the phone names the row."""
+    row = await conn.fetchrow("select names, problems from private.contact_names($1::text[])", raw)
+    assert row is not None
+    names = [name or None for name in row["names"]]
+    return names, [problem if name else None for name, problem in zip(names, row["problems"], strict=True)]
+
+
 @dataclass
 class Written:
     created: int = 0

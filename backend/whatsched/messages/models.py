@@ -152,6 +152,10 @@ class Stats(BaseModel):
     total: int
     states: StateCounts
     success_rate: float | None = Field(description="(sent+delivered+read) / (those + failed); null before any")
+    held: int = Field(
+        description="Of the skipped, held at the exit: the text rendered for that recipient broke a rule"
+        " (deliveries' last_error_code held_by_rules), so it was never sent"
+    )
     replies: int = Field(description="Replies whose last message received was this one")
     opt_outs: int = Field(description="Of those, opt-outs (BAJA, STOP, ...): the recipient asked not to be messaged")
     first_sent_at: UtcDateTime | None

@@ -288,9 +288,11 @@ select
   (select count(distinct id) from members where not is_active)::integer as inactive,
   (select count(distinct id) from members where is_active and opted_out_at is not null)::integer as opted_out,
   ((select count(*) from eligible) - (select count(*) from reached))::integer as duplicates,
-  coalesce((select json_agg(json_build_object('contact_id', s.id, 'name', s.name, 'phone', s.phone)
+  coalesce((select json_agg(json_build_object('contact_id', s.id, 'name', s.name, 'phone', s.phone,
+                                              'content', private.render(m.content, s.name))
                             order by s.name, s.phone)
-            from (select * from reached order by name, phone limit $2) s), '[]'::json)::text as sample"""
+            from (select * from reached order by name, phone limit $2) s,
+                 public.messages m where m.id = $1::uuid), '[]'::json)::text as sample"""
 
 
 async def preview_numbers(conn: asyncpg.Connection, message_id: str, sample: int) -> asyncpg.Record:

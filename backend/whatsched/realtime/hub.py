@@ -2,8 +2,11 @@
 realtime.send emits on plain Postgres), a registry of this process's sockets, and the routing:
 
 - topic `user:<id>`: status, notification and any other event go to every socket on that user's
-  path; `message_status_update` also goes to sockets subscribed to the message (an admin watching
-  someone else's message); `message_progress` goes only to subscribers, coalesced per message.
+  path (the user, or an admin who opened it); `message_status_update` also goes to sockets
+  subscribed to the message (an admin watching someone else's message); `message_progress` goes
+  only to subscribers, coalesced per message. A message event reaches subscribers only from its
+  owner's topic (the owner is read with the snapshot when subscribing): an event on one user's
+  topic naming another user's message reaches nobody's subscription.
 - topic `whatsapp`: `whatsapp_status` goes to every authenticated socket.
 
 Every API process runs its own hub, so an event committed anywhere reaches sockets everywhere.
@@ -65,6 +68,7 @@ class Hub:
         self.clients: set[Client] = set()
         self._by_user: dict[str, set[Client]] = {}
         self._by_message: dict[str, set[Client]] = {}
+        self._owners: dict[str, str] = {}  # message id -> its owner, for messages someone follows
         self._throttles: dict[str, _Throttle] = {}
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -176,7 +180,7 @@ class Hub:
         self.clients.discard(client)
         _discard(self._by_user, client.user_id, client)
         for message_id in client.subscriptions:
-            _discard(self._by_message, message_id, client)
+            self._unfollow(client, message_id)
         client.subscriptions.clear()
         metrics.WS_CONNECTIONS.dec()
 
@@ -203,8 +207,14 @@ class Hub:
         try:
             for _ in range(SNAPSHOT_RETRIES):
                 seen = client.subscriptions.get(message_id)
-                frames = await snapshots.for_user(self.pool, client.claims, message_id)
-                if frames is None or client.subscriptions.get(message_id) == seen:
+                snapshot = await snapshots.for_user(self.pool, client.claims, message_id)
+                if snapshot is None:
+                    frames = None
+                    break
+                owner, frames = snapshot
+                if message_id in self._by_message:
+                    self._owners[message_id] = owner
+                if client.subscriptions.get(message_id) == seen:
                     break
         except DATABASE_ERRORS as exc:
             log.warning("realtime: snapshot of %s failed: %s", message_id, exc)
@@ -222,7 +232,12 @@ class Hub:
 
     def unsubscribe(self, client: Client, message_id: str) -> None:
         if client.subscriptions.pop(message_id, None) is not None:
-            _discard(self._by_message, message_id, client)
+            self._unfollow(client, message_id)
+
+    def _unfollow(self, client: Client, message_id: str) -> None:
+        _discard(self._by_message, message_id, client)
+        if message_id not in self._by_message:
+            self._owners.pop(message_id, None)
 
     # ------------------------------------------------------------------------------------------
     # Routing
@@ -274,7 +289,7 @@ class Hub:
         owner = topic[len(protocol.USER_TOPIC_PREFIX) :]
         kind = payload.get("type") or name
         if kind == protocol.MESSAGE_PROGRESS:
-            self._progress(payload)
+            self._progress(owner, payload)
             return
         if "type" not in payload and isinstance(name, str):
             payload = {"type": name, **payload}
@@ -283,16 +298,22 @@ class Hub:
         if kind == protocol.MESSAGE_STATUS_UPDATE:
             message_id = str(payload.get("message_id"))
             self._flush(message_id, reschedule=False)  # the progress so far arrives before the new status
+            # Counted either way (a subscriber whose snapshot is being read reads it again), relayed
+            # only from the message's own owner's topic.
+            theirs = self._owners.get(message_id) == owner
             for client in self._by_message.get(message_id, ()):
                 _count(client, message_id)
-                recipients.add(client)
+                if theirs:
+                    recipients.add(client)
         for client in recipients:
             client.push(frame)
 
-    def _progress(self, payload: dict[str, Any]) -> None:
+    def _progress(self, owner: str, payload: dict[str, Any]) -> None:
         message_id = str(payload.get("message_id"))
         if message_id not in self._by_message:
             return  # nobody here follows this message
+        if self._owners.get(message_id) != owner:
+            return  # not from the message's owner's topic (or its owner not known yet: the snapshot has it)
         frame = protocol.progress(
             message_id, int(payload.get("sent", 0)), int(payload.get("total", 0)), int(payload.get("failed", 0))
         )

@@ -28,11 +28,14 @@ def frames(row: Mapping[str, Any]) -> list[str]:
     ]
 
 
-async def for_user(pool: asyncpg.Pool, claims: Mapping[str, Any], message_id: str) -> list[str] | None:
-    """The snapshot as the user sees it (RLS): None when the message is not theirs to see."""
+async def for_user(pool: asyncpg.Pool, claims: Mapping[str, Any], message_id: str) -> tuple[str, list[str]] | None:
+    """The message's owner and its snapshot as the user sees it (RLS): None when the message is not
+    theirs to see."""
     async with user_tx(pool, claims) as conn:
-        row = await conn.fetchrow(f"select {_COLUMNS} from public.messages where id = $1::uuid", message_id)
-    return None if row is None else frames(row)
+        row = await conn.fetchrow(
+            f"select created_by::text as owner, {_COLUMNS} from public.messages where id = $1::uuid", message_id
+        )
+    return None if row is None else (row["owner"], frames(row))
 
 
 async def for_service(pool: asyncpg.Pool, message_ids: Sequence[str]) -> dict[str, list[str]]:

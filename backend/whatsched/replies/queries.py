@@ -1,5 +1,5 @@
 """The SQL of the caller's replies: a page, newest first, optionally from one contact or answering
-one message. RLS keeps every user to the replies of their own contacts (an admin sees all)."""
+one message. RLS keeps every user to the replies kept for them (an admin sees all)."""
 
 from __future__ import annotations
 

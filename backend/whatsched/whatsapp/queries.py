@@ -41,8 +41,9 @@ async def broadcast_status(conn: asyncpg.Connection, frame: dict[str, Any]) -> N
 async def record_reply(
     conn: asyncpg.Connection, phone: str, text: str, whatsapp_message_id: str, at: datetime | None
 ) -> int:
-    """Keep a reply for every user who has `phone` as a contact, applying opt-out/opt-in keywords;
-    how many kept it (0: the sender is nobody's contact and nothing was stored)."""
+    """Keep a reply for every user who wrote to `phone` within REPLY_WINDOW_DAYS, and apply an
+    opt-out/opt-in keyword to every user's contact with it; how many kept it (0: nobody wrote to
+    the sender lately and nothing was stored)."""
     stored: int = await conn.fetchval(
         "select private.record_reply($1, $2, $3, coalesce($4, now()))", phone, text, whatsapp_message_id, at
     )

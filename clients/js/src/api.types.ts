@@ -424,6 +424,7 @@ export interface paths {
         /**
          * Delete Group
          * @description Deletes the group and its memberships (the contacts stay); messages no longer target it.
+         *     The database audits the deletion (group.delete, with the name and contact count).
          */
         delete: operations["delete_group_api_groups__group_id__delete"];
         options?: never;
@@ -523,7 +524,8 @@ export interface paths {
         post?: never;
         /**
          * Delete Contact
-         * @description Deletes the contact and its memberships; its groups' contact_count drops accordingly.
+         * @description Deletes the contact and its memberships; its groups' contact_count drops accordingly. The
+         *     database audits the deletion (contact.delete).
          */
         delete: operations["delete_contact_api_contacts__contact_id__delete"];
         options?: never;
@@ -865,7 +867,7 @@ export interface components {
         ContactCreate: {
             /**
              * Name
-             * @description 1 to 200 characters after trimming
+             * @description 1 to 200 characters after trimming, without links
              */
             name: string;
             /**
@@ -1626,6 +1628,11 @@ export interface components {
              * @description (sent+delivered+read) / (those + failed); null before any
              */
             success_rate: number | null;
+            /**
+             * Held
+             * @description Of the skipped, held at the exit: the text rendered for that recipient broke a rule (deliveries' last_error_code held_by_rules), so it was never sent
+             */
+            held: number;
             /**
              * Replies
              * @description Replies whose last message received was this one

@@ -12,7 +12,7 @@ from whatsched.api.errors import ApiError, responses
 from whatsched.auth import queries, ratelimit
 from whatsched.auth.client_ip import client_ip
 from whatsched.auth.models import AuthFailure, AuthUser, Session
-from whatsched.db.pool import service_tx
+from whatsched.db.pool import request_headers, service_tx
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 jwks_router = APIRouter(tags=["auth"])
@@ -43,17 +43,10 @@ class RefreshBody(BaseModel):
 
 
 async def _audit(res: Resources, action: str, actor_id: str | None, request: Request, **details: str) -> None:
-    async with service_tx(res.pool) as conn:
-        await audit.record(
-            conn,
-            action,
-            actor_id=actor_id,
-            entity_type="user",
-            entity_id=actor_id,
-            ip=client_ip(request, res.settings.trusted_proxies),
-            user_agent=request.headers.get("user-agent"),
-            details=dict(details),
-        )
+    """As the service (no user acts yet, or any more), with the request's IP and user agent."""
+    headers = request_headers(client_ip(request, res.settings.trusted_proxies), request.headers.get("user-agent"))
+    async with service_tx(res.pool, headers) as conn:
+        await audit.record(conn, action, actor_id=actor_id, entity_type="user", entity_id=actor_id, details=details)
 
 
 def _refused(exc: AuthFailure) -> ApiError:

@@ -13,8 +13,9 @@ missing signature, or a timestamp more than 5 minutes away from our clock, is re
   `disconnected`, a warning notification for each user with scheduled or sending messages.
 
 - `inbound_message` {phone, text, whatsapp_message_id, at}: a reply (private.record_reply): kept
-  once per user who has the sender as a contact, an opt-out or opt-in keyword applied; from
-  anyone else it is dropped, never stored, and its text is never logged.
+  once per user who wrote to the sender within REPLY_WINDOW_DAYS, and an opt-out or opt-in
+  keyword applied to every user's contact with that phone; from anyone else it is dropped, never
+  stored, and its text is never logged.
 
 Events are idempotent (the bridge retries them), and unknown event types are accepted and
 ignored, so a newer bridge does not make an older backend drop its queue.

@@ -76,7 +76,7 @@ async def create_group(body: GroupCreate, who: CallerDep, res: ResourcesDep) -> 
     """A new, empty group. Names are unique per user regardless of case (409 duplicate_group_name).
     Limited to 5 per minute per user, counted by the database for every caller (429 with
     Retry-After; X-RateLimit-* headers tell how many remain). Only groups created count."""
-    async with user_tx(res.pool, who.claims) as conn:
+    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
         text = await groups.insert_group(conn, body.name, body.description or "")
         limit_headers = rate_limit_headers(await rate_limit_status(conn, "group_create"))
     return _json(text, 201, headers=limit_headers)
@@ -116,19 +116,11 @@ async def update_group(group_id: UUID, body: GroupUpdate, conn: UserConn) -> Res
 
 
 @router.delete("/{group_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
-async def delete_group(group_id: UUID, who: CallerDep, conn: UserConn) -> Response:
-    """Deletes the group and its memberships (the contacts stay); messages no longer target it."""
-    gone = await groups.delete_group(conn, str(group_id))
-    if gone is None:
+async def delete_group(group_id: UUID, conn: UserConn) -> Response:
+    """Deletes the group and its memberships (the contacts stay); messages no longer target it.
+    The database audits the deletion (group.delete, with the name and contact count)."""
+    if await groups.delete_group(conn, str(group_id)) is None:
         raise _not_found(str(group_id))
-    await audit_action(
-        conn,
-        who,
-        "group.delete",
-        "group",
-        str(group_id),
-        {"name": gone["name"], "contact_count": gone["contact_count"], "owner": gone["created_by"]},
-    )
     return Response(status_code=204)
 
 

@@ -2,7 +2,8 @@
 
 Every route runs in the caller's transaction, so RLS decides what exists: another user's message
 is a 404 `message_not_found`. Message JSON is built in SQL (whatsched.messages.queries) and sent
-as is; the response models below document it.
+as is; the response models below document it. Creates, edits, deletes and transitions are audited
+by the database's triggers (20261206000100_audit_trail), as they are for a supabase-js caller.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import asyncpg
 from fastapi import APIRouter, Body, Query, Response
 
 from whatsched.api.common import QueryDateTime, audit_action
-from whatsched.api.deps import Caller, CallerDep, PagingDep, Resources, ResourcesDep, UserConn
+from whatsched.api.deps import CallerDep, PagingDep, Resources, ResourcesDep, UserConn
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.auth.queries import is_admin
 from whatsched.bridge_client import BridgeError
-from whatsched.content import render
 from whatsched.db.pool import user_tx
 from whatsched.messages import queries
 from whatsched.messages.models import (
@@ -128,13 +128,12 @@ async def list_messages(
 
 
 @router.post("", response_model=Message, status_code=201, responses=responses(400, 401, 404, 422))
-async def create_message(body: MessageCreate, who: CallerDep, conn: UserConn) -> Response:
+async def create_message(body: MessageCreate, conn: UserConn) -> Response:
     """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found. The
     database cleans the content and checks the send time (20261129000400_content_rules)."""
     (at,) = await queries.localize(conn, body.scheduled_for)
     message_id = await queries.insert_message(conn, body.content, at, body.recurrence)
     await _link_groups(conn, message_id, body.group_ids, replace=False)
-    await audit_action(conn, who, "message.create", "message", message_id)
     return _json(await _message_or_404(conn, message_id), 201)
 
 
@@ -174,7 +173,6 @@ async def get_message(message_id: UUID, conn: UserConn) -> Response:
 async def update_message(
     message_id: UUID,
     body: MessageUpdate,
-    who: CallerDep,
     conn: UserConn,
 ) -> Response:
     """Partial update of content, group_ids, scheduled_for and recurrence. Only draft, scheduled
@@ -193,12 +191,11 @@ async def update_message(
         raise _not_found(mid)
     if "group_ids" in sent and await _link_groups(conn, mid, body.group_ids, replace=True) and not changes:
         await queries.touch(conn, mid)
-    await audit_action(conn, who, "message.update", "message", mid, {"fields": sorted(sent)})
     return _json(await _message_or_404(conn, mid))
 
 
 @router.delete("/{message_id}", status_code=204, response_class=Response, responses=responses(401, 404, 409, 422))
-async def delete_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
+async def delete_message(message_id: UUID, conn: UserConn) -> Response:
     """Refused while sending (409 message_sending): pause or cancel it first."""
     mid = str(message_id)
     was = await queries.delete_message(conn, mid)
@@ -206,7 +203,6 @@ async def delete_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Re
         raise _not_found(mid)
     if was == "sending":
         raise ApiError(409, "message_sending", "The message is being sent; pause or cancel it before deleting it.")
-    await audit_action(conn, who, "message.delete", "message", mid, {"status": was})
     return Response(status_code=204)
 
 
@@ -242,22 +238,20 @@ async def schedule_message(
     mid = str(message_id)
     # Ask the bridge before opening the transaction: a slow bridge must not hold a database connection.
     connected = await _whatsapp_connected(res)
-    async with user_tx(res.pool, who.claims) as conn:
+    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
         (at,) = await queries.localize(conn, body.scheduled_for if body else None)
         await queries.schedule(conn, mid, at)
         limit_headers = rate_limit_headers(await rate_limit_status(conn, "schedule"))
         warnings = [] if connected else ["whatsapp_disconnected"]
         if not connected:
             await notify(conn, texts.SCHEDULED_WHILE_DISCONNECTED, "message", mid)
-        await audit_action(conn, who, "message.schedule", "message", mid, {"warnings": warnings})
         text = await _message_or_404(conn, mid)
     return _json(queries.with_warnings(text, warnings), headers=limit_headers)
 
 
-async def _transition(conn: asyncpg.Connection, who: Caller, message_id: UUID, verb: queries.Transition) -> str:
+async def _transition(conn: asyncpg.Connection, message_id: UUID, verb: queries.Transition) -> str:
     mid = str(message_id)
     await queries.transition(conn, verb, mid)
-    await audit_action(conn, who, f"message.{verb}", "message", mid)
     return await _message_or_404(conn, mid)
 
 
@@ -265,28 +259,27 @@ TRANSITION_ERRORS = responses(401, 404, 409, 422)
 
 
 @router.post("/{message_id}/pause", response_model=Message, responses=TRANSITION_ERRORS)
-async def pause_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
+async def pause_message(message_id: UUID, conn: UserConn) -> Response:
     """scheduled | sending → paused (409 invalid_transition otherwise)."""
-    return _json(await _transition(conn, who, message_id, "pause"))
+    return _json(await _transition(conn, message_id, "pause"))
 
 
 @router.post("/{message_id}/resume", response_model=Message, responses=TRANSITION_ERRORS)
-async def resume_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
+async def resume_message(message_id: UUID, conn: UserConn) -> Response:
     """paused → scheduled (nothing sent yet) or sending (409 invalid_transition otherwise)."""
-    return _json(await _transition(conn, who, message_id, "resume"))
+    return _json(await _transition(conn, message_id, "resume"))
 
 
 @router.post("/{message_id}/cancel", response_model=Message, responses=TRANSITION_ERRORS)
-async def cancel_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
+async def cancel_message(message_id: UUID, conn: UserConn) -> Response:
     """draft | scheduled | paused | sending → cancelled; pending deliveries are cancelled too."""
-    return _json(await _transition(conn, who, message_id, "cancel"))
+    return _json(await _transition(conn, message_id, "cancel"))
 
 
 @router.post("/{message_id}/duplicate", response_model=Message, status_code=201, responses=TRANSITION_ERRORS)
-async def duplicate_message(message_id: UUID, who: CallerDep, conn: UserConn) -> Response:
+async def duplicate_message(message_id: UUID, conn: UserConn) -> Response:
     """A new draft with the same content, groups and recurrence."""
     copy_id = await queries.duplicate(conn, str(message_id))
-    await audit_action(conn, who, "message.duplicate", "message", copy_id, {"source": str(message_id)})
     return _json(await _message_or_404(conn, copy_id), 201)
 
 
@@ -312,7 +305,7 @@ async def preview_message(
     body = {
         "message_id": mid,
         "content": content,
-        "recipients": [{**r, "content": render(content, r["name"])} for r in sample],
+        "recipients": sample,
         "recipient_count": numbers["recipient_count"],
         "excluded": {
             "inactive": numbers["inactive"],

@@ -1,8 +1,9 @@
-"""Replies: what the caller's contacts wrote back, newest first (GET /api/replies).
+"""Replies: what the people the caller wrote to answered, newest first (GET /api/replies).
 
-Each reply is kept once per user who has the sender as a contact; `kind` says what the whole text
-meant (`reply`, `opt_out`, `opt_in`), and `message_id` is the last message that user sent to that
-phone before it arrived, when there is one (so a campaign's answers can be listed).
+Each reply is kept once per user who sent that phone a message within REPLY_WINDOW_DAYS (never for
+one who only has the phone as a contact); `kind` says what the whole text meant (`reply`,
+`opt_out`, `opt_in`), `contact_id` is that user's contact with the phone, if any, and `message_id`
+is the last message that user sent to it, while it exists (so a campaign's answers can be listed).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def csv_chunk(rows: list[list[str]]) -> bytes:
 
 async def stream_csv(res: Resources, who: Caller, kind: str, args: ReportArgs) -> AsyncIterator[bytes]:
     """Its own transaction, opened when the download starts and closed when it ends or is dropped."""
-    async with user_tx(res.pool, who.claims) as conn:
+    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
         report = await queries.open_report(conn, kind, *args)
         # A BOM so Excel reads the file as UTF-8 (names with accents).
         yield "\ufeff".encode() + csv_chunk([header(report.columns)])
@@ -160,7 +160,7 @@ async def export(
     args: ReportArgs = (everyone, from_, to)
     # Short transactions, one after another, rather than user_conn: the audit must commit even if the
     # download is dropped, and the CSV stream needs its transaction for as long as the client reads.
-    async with user_tx(res.pool, who.claims) as conn:
+    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
         if everyone and not await is_admin(conn):
             raise ApiError(403, "forbidden", "Only an admin can export everyone's data.")
         details = {"type": type, "format": format, "from": str(from_ or ""), "to": str(to or ""), "scope": scope}
@@ -169,7 +169,7 @@ async def export(
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"}
     if format == "csv":
         return StreamingResponse(stream_csv(res, who, type, args), media_type=CONTENT_TYPES["csv"], headers=headers)
-    async with user_tx(res.pool, who.claims) as conn:
+    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
         spool = await build_xlsx(conn, type, args)
     headers["Content-Length"] = str(spool.seek(0, io.SEEK_END))
     spool.seek(0)

@@ -106,7 +106,7 @@ async def sync(
     """Apply queued operations in order, as you; replayed client_op_ids return their stored result."""
     ids = list({op.client_op_id for op in payload.operations})
     # Short transactions rather than user_conn: no connection is held while an operation runs (each takes its own).
-    async with user_tx(res.pool, who.claims) as conn:
+    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
         done = await queries.stored_answers(conn, ids)
 
     headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name)) is not None}
@@ -125,7 +125,7 @@ async def sync(
             answer = await app.request(op.method, op.path, **kwargs)
             status, body = answer.status_code, _body(answer)
             if storable(status):
-                async with user_tx(res.pool, who.claims) as conn:
+                async with user_tx(res.pool, who.claims, who.request_headers) as conn:
                     await queries.store_answer(conn, op.client_op_id, status, body)
                 done[op.client_op_id] = (status, body)
             results.append(SyncResult(client_op_id=op.client_op_id, status=status, body=body, replayed=False))
