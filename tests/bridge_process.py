@@ -61,8 +61,10 @@ class BridgeProcess:
         events_url: str = "",
         latency_ms: int = 0,
         ack_delay_ms: int = 50,
+        number_id: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.number_id = number_id
         self.token = token
         self.port = port or free_port()
         self.events_url = events_url
@@ -91,6 +93,7 @@ class BridgeProcess:
             "BRIDGE_EVENTS_URL": self.events_url,
             "SIMULATOR_LATENCY_MS": str(self.latency_ms),
             "SIMULATOR_ACK_DELAY_MS": str(self.ack_delay_ms),
+            **({"BRIDGE_NUMBER_ID": self.number_id} if self.number_id else {}),
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -36,6 +36,7 @@ MESSAGE_KEYS = {
     "failed_count",
     "created_by",
     "recurrence",
+    "number_id",  # the WhatsApp number chosen for it (null: the owner's default)
 }
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 BRIDGE_DIR = Path(__file__).resolve().parent.parent / "bridge"

@@ -88,7 +88,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _start(data_dir: Path) -> Stack:
+def _start(data_dir: Path, **extra: str) -> Stack:
     ports = {"API_PORT": free_port(), "BRIDGE_PORT": free_port(), "EMBEDDED_PG_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "APP_DATABASE_URL", "BRIDGE_URL"}}
     env.pop("WHATSCHED_SUPERVISOR_PID", None)
@@ -100,6 +100,7 @@ def _start(data_dir: Path) -> Stack:
             "API_HOST": "127.0.0.1",
             "BRIDGE_HOST": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
+            **extra,
         }
     )
     data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -226,5 +227,48 @@ def test_sigterm_then_sigkill_to_the_group_mid_stop_leaves_nothing_behind(data_d
         os.killpg(stack.supervisor.pid, signal.SIGKILL)
         stack.supervisor.wait(10)
         _assert_nothing_left(stack, "SIGTERM then, 0.3 s later, SIGKILL to the process group")
+    finally:
+        _cleanup(stack)
+
+
+def test_two_numbers_run_two_bridges_that_register_and_stop_with_the_rest(data_dir: Path) -> None:
+    """WHATSAPP_NUMBERS=2: a second bridge process drives "Número 2"; it registers through the API
+    (Postgres knows its URL and that it is connected), and a stop ends it like everything else."""
+    import asyncio
+
+    import asyncpg
+
+    stack = _start(data_dir, WHATSAPP_NUMBERS="2")
+    try:
+        second = stack.ports["BRIDGE_PORT"] + 1
+        stack.ports["SECOND_BRIDGE_PORT"] = second
+        database = f"postgresql://postgres@127.0.0.1:{stack.ports['EMBEDDED_PG_PORT']}/postgres"
+
+        async def number_two() -> asyncpg.Record | None:
+            conn = await asyncpg.connect(database)
+            try:
+                row: asyncpg.Record | None = await conn.fetchrow(
+                    "select bridge_url, status from public.whatsapp_numbers where label = 'Número 2'"
+                )
+                return row
+            finally:
+                await conn.close()
+
+        deadline = time.monotonic() + 60
+        row = None
+        while time.monotonic() < deadline:
+            row = asyncio.run(number_two())
+            if row is not None and row["status"] == "connected":
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"Número 2 never registered as connected: {row}\n{stack.output()}")
+        assert row["bridge_url"] == f"http://127.0.0.1:{second}"
+        commands = "\n".join(_describe(p) for p in psutil.Process(stack.supervisor.pid).children(recursive=True))
+        assert commands.count("src/main.js") == 2, commands
+        stack.processes = psutil.Process(stack.supervisor.pid).children(recursive=True)
+        os.killpg(stack.supervisor.pid, signal.SIGTERM)
+        assert stack.supervisor.wait(CLEAN_STOP_S) == 0, stack.output()
+        _assert_nothing_left(stack, "SIGTERM to the process group with two bridges")
     finally:
         _cleanup(stack)

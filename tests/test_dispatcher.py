@@ -482,7 +482,11 @@ async def test_hourly_cap_holds_the_rest_for_later(
     assert await delivery_states(admin, message) == Counter({"sent": 3, "pending": 2})
     assert len(sent_for(await bridge.outbox(), message)) == 3
     assert (await message_row(admin, message))["status"] == "sending"
-    held_until = await admin.fetchval("select next_send_at - now() from private.senders where sender = '+15550000001'")
+    # Pacing is per WhatsApp number: the default number's row (its id is the pacing key).
+    held_until = await admin.fetchval(
+        "select next_send_at - now() from private.senders"
+        " where sender = (select id::text from public.whatsapp_numbers where is_default)"
+    )
     assert held_until > timedelta(minutes=55)
     await reset_pacing(admin)
     await as_owner(admin, owner, "select public.cancel_message($1)", message)

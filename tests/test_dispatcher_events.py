@@ -200,6 +200,9 @@ async def test_whatsapp_status_is_relayed_to_everyone_and_a_disconnection_warns_
     await status(status="disconnected", last_error="still offline")  # no transition: no second warning
     await eventually(lambda: asyncio.sleep(0, len(realtime_frames)), lambda n: n >= 5, what="5 relayed frames")
 
+    # A bridge that names no number reports the default one; the event says which.
+    default_id = str(await admin.fetchval("select id from public.whatsapp_numbers where is_default"))
+    assert [f["payload"].pop("number_id") for f in realtime_frames] == [default_id] * len(realtime_frames)
     assert [(f["event"], f["private"], f["payload"]) for f in realtime_frames] == [
         ("whatsapp_status", True, {"type": "whatsapp_status", "status": "disconnected"}),
         ("whatsapp_status", True, {"type": "whatsapp_status", "status": "connected"}),
@@ -263,7 +266,7 @@ async def test_acks_from_the_real_bridge_reach_delivered_and_read(
         assert "simulated outage" in warnings[0]
         await bridge.force_state("connected")
         await eventually(
-            lambda: admin.fetchval("select status from private.whatsapp_state"),
+            lambda: admin.fetchval("select status from public.whatsapp_numbers where is_default"),
             lambda s: s == "connected",
             what="the reconnection to be recorded",
         )

@@ -378,7 +378,7 @@ async def test_workers_n_starts_n_processes_and_all_close_their_sockets_on_sigte
 # ---------------------------------------------------------------------------------------------
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-UNITS = ("whatsched-api.service", "whatsched-worker@.service", "whatsched-bridge.service")
+UNITS = ("whatsched-api.service", "whatsched-worker@.service", "whatsched-bridge.service", "whatsched-bridge@.service")
 HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes")
 
 
@@ -394,7 +394,9 @@ def unit_settings(name: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("name", UNITS)
 def test_each_unit_restarts_on_failure_stops_with_sigterm_and_is_hardened(name: str) -> None:
     unit = unit_settings(name)
-    assert unit["EnvironmentFile"] == ["/etc/whatsched/whatsched.env"]
+    # A bridge for one more number also reads its own file (its number id, port and public URL).
+    own = ["/etc/whatsched/bridge-%i.env"] if name == "whatsched-bridge@.service" else []
+    assert unit["EnvironmentFile"] == ["/etc/whatsched/whatsched.env", *own]
     assert unit["Restart"] == ["on-failure"]
     assert unit["KillSignal"] == ["SIGTERM"]
     assert unit["KillMode"] == ["mixed"]  # SIGTERM to the main process; SIGKILL to all only at the timeout

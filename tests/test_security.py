@@ -47,9 +47,21 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 # Path parameters that name a user's resource, and the kind of resource each names. A route with a
 # new kind of id fails the matrix until it is added here (and to `Owned`).
-ID_KINDS = {"message_id": "message", "group_id": "group", "contact_id": "contact", "notification_id": "notification"}
+ID_KINDS = {
+    "message_id": "message",
+    "group_id": "group",
+    "contact_id": "contact",
+    "notification_id": "notification",
+    "number_id": "number",
+    "user_id": "account",
+}
+# Path parameters that are not ids: the value the matrix uses.
+LITERALS = {"action": "restart"}
+# Routes only admins may use: a user gets 403 even on what they can see (their own assigned
+# number), as long as the refusal says nothing of the other user's id.
+ADMIN_ONLY = {"/api/whatsapp/numbers/{number_id}/users/{user_id}"}
 # Body fields that link to other resources.
-LINK_KINDS = {"group_ids": "group", "contact_ids": "contact"}
+LINK_KINDS = {"group_ids": "group", "contact_ids": "contact", "number_id": "number"}
 
 
 def phone() -> str:
@@ -73,6 +85,8 @@ class Owned:
     group: str
     contact: str  # a member of the group
     notification: str
+    number: str  # a WhatsApp number assigned to this user alone
+    account: str  # the user's id
     private: list[str] = field(default_factory=list)  # every id and text only this user's data holds
 
     def id_of(self, kind: str) -> str:
@@ -127,8 +141,26 @@ async def make_owned(client: httpx.AsyncClient, admin: asyncpg.Connection, user:
         f"Aviso-{tag}",
         sent,
     )
-    private = [user.id, user.email, group, contact, message, sent, notification, tag, number, number.lstrip("+")]
-    return Owned(user, message, sent, group, contact, notification, private)
+    whatsapp = await admin.fetchval(
+        "insert into public.whatsapp_numbers (label, shared) values ($1, false) returning id::text", f"Numero-{tag}"
+    )
+    await admin.execute(
+        "insert into public.whatsapp_number_users (number_id, user_id) values ($1::uuid, $2)", whatsapp, user.id
+    )
+    private = [
+        user.id,
+        user.email,
+        group,
+        contact,
+        message,
+        sent,
+        notification,
+        tag,
+        number,
+        number.lstrip("+"),
+        whatsapp,
+    ]
+    return Owned(user, message, sent, group, contact, notification, whatsapp, user.id, private)
 
 
 async def snapshot(admin: asyncpg.Connection, owner: str) -> str:
@@ -199,11 +231,12 @@ def bodies(b: Owned) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/groups/{group_id}/contacts"): {"contact_ids": [b.contact]},
         ("POST", "/api/contacts"): {"name": "de B", "phone": phone(), "group_ids": [b.group]},
         ("PUT", "/api/contacts/{contact_id}"): {"name": "cambiado por B", "group_ids": [b.group]},
+        ("PATCH", "/api/whatsapp/numbers/{number_id}"): {"label": "cambiado por B"},
     }
 
 
 def fill(path: str, ids: dict[str, str]) -> str:
-    return re.sub(r"{(\w+)}", lambda m: ids[m.group(1)], path)
+    return re.sub(r"{(\w+)}", lambda m: {**LITERALS, **ids}[m.group(1)], path)
 
 
 def leaks(text: str, owned: Owned, sent: tuple[str, ...] = ()) -> list[str]:
@@ -238,7 +271,7 @@ async def test_every_route_with_an_id_answers_404_for_another_users_resource(
     table = bodies(b)
     covered: list[str] = []
     for method, path, op in operations(app):
-        params = re.findall(r"{(\w+)}", path)
+        params = [p for p in re.findall(r"{(\w+)}", path) if p not in LITERALS]
         if not params:
             continue
         unknown = [p for p in params if p not in ID_KINDS]
@@ -254,8 +287,11 @@ async def test_every_route_with_an_id_answers_404_for_another_users_resource(
         for ids in variants:
             url = fill(path, ids)
             answer = await client.request(method, url, json=body, headers=b.user.headers)
-            assert answer.status_code == 404, f"{method} {url} as B: {answer.status_code} {answer.text}"
-            assert answer.json()["code"].endswith("not_found"), answer.text
+            if path in ADMIN_ONLY and answer.status_code == 403:
+                assert answer.json()["code"] == "forbidden", answer.text
+            else:
+                assert answer.status_code == 404, f"{method} {url} as B: {answer.status_code} {answer.text}"
+                assert answer.json()["code"].endswith("not_found"), answer.text
             shown = leaks(answer.text, a, tuple(ids.values()))
             assert not shown, f"{method} {url} as B shows A's {shown}"
             # Indistinguishable from an id that exists nowhere: B cannot even learn that A's exists.
@@ -294,15 +330,18 @@ async def test_another_users_resources_cannot_be_linked_to_your_own(
             assert name in LINK_KINDS, f"{method} {path}: add the kind of body field {name!r} to LINK_KINDS"
             body = table.get((method, path))
             assert body is not None, f"{method} {path}: add a valid body to bodies() for the link check"
-            theirs = {**body, name: [a.id_of(LINK_KINDS[name])]}
-            url = fill(path, {p: b.id_of(ID_KINDS[p]) for p in re.findall(r"{(\w+)}", path)})
+            one = name.endswith("_id")  # a single link (a message's number) or a list of them
+            mine, stranger = a.id_of(LINK_KINDS[name]), str(uuid.uuid4())
+            theirs = {**body, name: mine if one else [mine]}
+            url = fill(path, {p: b.id_of(ID_KINDS[p]) for p in re.findall(r"{(\w+)}", path) if p not in LITERALS})
             answer = await client.request(method, url, json=theirs, headers=b.user.headers)
-            assert answer.status_code == 404, f"{method} {url} {name}=A's: {answer.status_code} {answer.text}"
-            assert answer.json()["code"] == "related_not_found", answer.text
-            assert not leaks(answer.text, a, tuple(theirs[name]))
-            nowhere = {**body, name: [str(uuid.uuid4())]}
+            # A number is refused as one the caller may not use, whether it is A's or exists nowhere.
+            expected = (422, "number_not_allowed") if name == "number_id" else (404, "related_not_found")
+            assert (answer.status_code, answer.json()["code"]) == expected, f"{method} {url} {name}=A's: {answer.text}"
+            assert not leaks(answer.text, a, (mine,))
+            nowhere = {**body, name: stranger if one else [stranger]}
             control = await client.request(method, url, json=nowhere, headers=b.user.headers)
-            assert same_refusal(answer, control, [*theirs[name], *nowhere[name]]), (answer.text, control.text)
+            assert same_refusal(answer, control, [mine, stranger]), (answer.text, control.text)
             linked.append(f"{method} {path} {name}")
     assert len(linked) >= 5, linked
     # The import's group_ids (a multipart form, not JSON).

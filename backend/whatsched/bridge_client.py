@@ -18,6 +18,8 @@ ERROR_CODES = frozenset(
         "payload_too_large",
         "invalid_number",
         "not_registered",
+        # WhatsApp restricts this number's new chats (error 463): transient, the number is at fault.
+        "restricted_new_chats",
         "rate_limited",
         "send_failed",
         "not_connected",
@@ -92,6 +94,10 @@ class BridgeClient:
 
     async def logout(self) -> dict[str, Any]:
         return await self._call("POST", "/logout")
+
+    async def session(self, action: str) -> dict[str, Any]:
+        """A session command (start, stop, restart, logout); the bridge answers the status after it."""
+        return await self._call("POST", f"/session/{action}")
 
     async def restart(self) -> dict[str, Any]:
         return await self._call("POST", "/restart")

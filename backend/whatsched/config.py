@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     bridge_url: str | None = None
     bridge_token: str = "dev-bridge-token"
     whatsapp_driver: Literal["simulator", "wwebjs"] = "simulator"
+    # How many WhatsApp numbers `whatsched dev` runs, one bridge process each: the default number
+    # on BRIDGE_PORT, the others on the ports after it ("Número 2", ... rows it creates).
+    whatsapp_numbers: int = Field(default=1, ge=1, le=20)
     whatsapp_session_path: Path | None = None
     whatsapp_puppeteer_args: str = "--no-sandbox"
 
@@ -126,6 +129,8 @@ class Settings(BaseSettings):
     spam_word_limit: int = Field(default=3, ge=0)
     # Replies are kept for the users who messaged that phone within this many days.
     reply_window_days: int = Field(default=30, ge=1)
+    # Users may add and connect their own WhatsApp numbers (seen only by them and admins).
+    self_service_numbers: bool = False
 
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)

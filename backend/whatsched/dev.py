@@ -29,15 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import asyncpg
 import psutil
 
 from whatsched.config import Settings
 from whatsched.db.embedded import EmbeddedPostgres, die_with_parent, port_is_free
 from whatsched.db.setup import prepare
+from whatsched.dispatcher import numbers
 from whatsched.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-COLOURS = {"api": "\033[36m", "worker": "\033[35m", "bridge": "\033[33m"}
+COLOURS = {"api": "\033[36m", "worker": "\033[35m", "bridge": "\033[33m"}  # bridge-2, ... as bridge
 # Our pid, for the children that watch their supervisor (the worker, and bridge/src/parent-watch.js).
 SUPERVISOR_ENV = "WHATSCHED_SUPERVISOR_PID"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -49,6 +51,7 @@ class Part:
     argv: list[str]
     cwd: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # on top of child_env's
 
 
 def _write(text: str) -> None:
@@ -68,9 +71,45 @@ def _relay(part: Part) -> None:
     """Prefix each line of a child's output with its name. It keeps reading even when our own
     output is gone, or a child blocked on a full pipe could not stop."""
     assert part.process is not None and part.process.stdout is not None
-    prefix = f"{COLOURS.get(part.name, '')}{part.name:<6}\033[0m | "
+    prefix = f"{COLOURS.get(part.name.split('-')[0], '')}{part.name:<8}\033[0m | "
     for raw in iter(part.process.stdout.readline, b""):
         _write(prefix + raw.decode("utf-8", "replace"))
+
+
+def number_bridges(settings: Settings, numbers: list[tuple[str, str]]) -> list[Part]:
+    """One more bridge process per extra number: its own port, state folder, WhatsApp session and
+    number id; it registers its URL in Postgres through the API, where the workers find it."""
+    parts = []
+    data_dir = settings.data_dir.resolve()
+    for offset, (number_id, label) in enumerate(numbers, start=1):
+        port = settings.bridge_port + offset
+        if not port_is_free(settings.bridge_host, port):
+            raise ConfigError(
+                f"port {port} for the bridge of {label} is already in use; set BRIDGE_PORT to another port."
+            )
+        parts.append(
+            Part(
+                f"bridge-{offset + 1}",
+                ["node", "src/main.js"],
+                REPO / "bridge",
+                env={
+                    "BRIDGE_NUMBER_ID": number_id,
+                    "BRIDGE_PORT": str(port),
+                    "BRIDGE_PUBLIC_URL": f"http://{settings.bridge_host}:{port}",
+                    "BRIDGE_DATA_DIR": str(data_dir / f"bridge-{offset + 1}"),
+                    "WHATSAPP_SESSION_PATH": str(data_dir / f"whatsapp-session-{offset + 1}"),
+                },
+            )
+        )
+    return parts
+
+
+async def _local_numbers(admin_url: str, count: int) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        return await numbers.ensure_local(conn, count)
+    finally:
+        await conn.close()
 
 
 def _check_environment(settings: Settings, with_bridge: bool) -> None:
@@ -189,6 +228,9 @@ def run(settings: Settings) -> int:
             + (f"; applied {', '.join(prepared.applied)}" if prepared.applied else ", schema up to date")
         )
 
+        if settings.whatsapp_numbers > 1 and any(p.name == "bridge" for p in parts):
+            extra = asyncio.run(_local_numbers(prepared.admin_url, settings.whatsapp_numbers))
+            parts.extend(number_bridges(settings, extra))
         env = child_env(settings, database_url, prepared.app_url)
         for part in parts:
             if stop.is_set():
@@ -196,7 +238,7 @@ def run(settings: Settings) -> int:
             part.process = subprocess.Popen(
                 part.argv,
                 cwd=part.cwd,
-                env=env,
+                env={**env, **(part.env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

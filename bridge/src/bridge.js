@@ -9,6 +9,13 @@ import { createServer } from './server.js';
 
 const ACK_WAIT_MS = 10_000;
 
+/** http://127.0.0.1:<port> for a bridge listening on every address, else the address it listens on. */
+export function defaultPublicUrl(listeningUrl) {
+  const url = new URL(listeningUrl);
+  if (url.hostname === '0.0.0.0' || url.hostname === '[::]') url.hostname = '127.0.0.1';
+  return url.origin;
+}
+
 /**
  * @param {ReturnType<import('./config.js').loadConfig>} config
  * @param {object} [opts]
@@ -33,6 +40,7 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
   const events = new EventPublisher({
     url: config.eventsUrl,
     token: config.token,
+    numberId: config.numberId,
     dir: config.dataDir, // the queue's journal, events.jsonl
     maxEvents: config.eventsQueueMaxEvents,
     maxBytes: config.eventsQueueMaxMb * 1024 * 1024,
@@ -41,10 +49,22 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
   });
   const server = createServer({ config, driver, store, log });
 
+  let url = null;
+  let publicUrl = config.publicUrl;
+  // Where the backend finds this number's bridge (Postgres keeps it): at start, and again with
+  // every status, so a backend that lost it (or a bridge that moved) is set right soon.
+  const register = () => publicUrl && events.publish({ type: EVENT_TYPES.BRIDGE_REGISTERED, url: publicUrl });
+
   driver.on('status', (s) => {
-    const details = [s.phone && `phone=${s.phone}`, s.last_error && `error="${s.last_error}"`, s.qr_code && 'qr=ready'];
+    const details = [
+      s.phone && `phone=${s.phone}`,
+      s.last_error && `error="${s.last_error}"`,
+      s.qr_code && 'qr=ready',
+      s.raw_state && `state=${s.raw_state}`,
+    ];
     log(['bridge: status', s.status, ...details.filter(Boolean)].join(' '));
     events.publish({ type: EVENT_TYPES.WHATSAPP_STATUS, ...s });
+    register();
   });
 
   // One chain keeps acks in order while an early ack waits for its send to be recorded.
@@ -66,7 +86,6 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     events.publish({ type: EVENT_TYPES.INBOUND_MESSAGE, phone: m.phone, text: m.text, whatsapp_message_id: m.whatsapp_message_id, at: m.at });
   });
 
-  let url = null;
   return {
     config,
     driver,
@@ -76,12 +95,18 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     get url() {
       return url;
     },
+    get publicUrl() {
+      return publicUrl;
+    },
     /** Listen first, so a busy port fails before any browser is launched. */
     async start({ port = config.port, host = config.host } = {}) {
       url = await server.listen(port, host);
-      log(`bridge: listening on ${url} driver=${config.driver} events=${config.eventsUrl || 'off'}`);
+      publicUrl ??= defaultPublicUrl(url);
+      const number = config.numberId ? ` number=${config.numberId}` : '';
+      log(`bridge: listening on ${url} driver=${config.driver}${number} public=${publicUrl} events=${config.eventsUrl || 'off'}`);
       // Only once the port is ours: a second bridge that cannot listen leaves the journal alone.
       events.start(); // replays what an earlier run left queued, before any new event
+      register();
       await driver.start();
       return url;
     },

@@ -24,11 +24,24 @@ export function loadConfig(env = process.env, cwd = process.cwd()) {
     else throw new ConfigError('BRIDGE_TOKEN is required when WHATSAPP_DRIVER=wwebjs; set it to a long random string shared with the backend.');
   }
 
+  const numberId = env.BRIDGE_NUMBER_ID || null;
+  if (numberId && !UUID_PATTERN.test(numberId)) {
+    throw new ConfigError(`BRIDGE_NUMBER_ID must be the uuid of a WhatsApp number, got "${numberId}".`);
+  }
+  const publicUrl = env.BRIDGE_PUBLIC_URL || null;
+  if (publicUrl && !isHttpUrl(publicUrl)) {
+    throw new ConfigError(`BRIDGE_PUBLIC_URL must be an http:// or https:// URL, got "${publicUrl}".`);
+  }
+
   return {
     host: env.BRIDGE_HOST || '127.0.0.1',
     port: intVar(env, 'BRIDGE_PORT', 3001, 0, 65535),
     token,
     driver,
+    // The WhatsApp number this process drives (null: the deployment's default number).
+    numberId: numberId?.toLowerCase() ?? null,
+    // Where the backend reaches this bridge; null: http://127.0.0.1:<the port it listens on>.
+    publicUrl: publicUrl?.replace(/\/+$/, '') ?? null,
     sessionPath: path.resolve(cwd, env.WHATSAPP_SESSION_PATH || '../.data/whatsapp-session'),
     puppeteerArgs: (env.WHATSAPP_PUPPETEER_ARGS ?? '--no-sandbox').split(/\s+/).filter(Boolean),
     chromePath: env.CHROME_PATH || '/usr/bin/chromium',
@@ -41,6 +54,17 @@ export function loadConfig(env = process.env, cwd = process.cwd()) {
     simulatorLatencyMs: intVar(env, 'SIMULATOR_LATENCY_MS', 0, 0, 600_000),
     simulatorAckDelayMs: intVar(env, 'SIMULATOR_ACK_DELAY_MS', 50, 0, 600_000),
   };
+}
+
+const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function isHttpUrl(value) {
+  try {
+    const url = new URL(value);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && Boolean(url.host) && !url.search && !url.hash;
+  } catch {
+    return false;
+  }
 }
 
 function intVar(env, name, fallback, min, max) {

@@ -14,6 +14,31 @@ export const WA_EVENTS = Object.freeze({
   CHANGE_STATE: 'change_state',
 });
 
+// whatsapp-web.js connection states (whatsapp-web.js `WAState`), reported as `raw_state`.
+// whatsapp-web.js keeps a client in CONNECTED, OPENING, PAIRING or TIMEOUT; any other state
+// makes it emit `disconnected` with that state as the reason (or "LOGOUT" on a logout).
+export const WA_STATES = Object.freeze({
+  CONFLICT: 'CONFLICT',
+  CONNECTED: 'CONNECTED',
+  DEPRECATED_VERSION: 'DEPRECATED_VERSION',
+  OPENING: 'OPENING',
+  PAIRING: 'PAIRING',
+  PROXYBLOCK: 'PROXYBLOCK',
+  SMB_TOS_BLOCK: 'SMB_TOS_BLOCK',
+  TIMEOUT: 'TIMEOUT',
+  TOS_BLOCK: 'TOS_BLOCK',
+  UNLAUNCHED: 'UNLAUNCHED',
+  UNPAIRED: 'UNPAIRED',
+  UNPAIRED_IDLE: 'UNPAIRED_IDLE',
+});
+// The states in which whatsapp-web.js keeps the client (a page that stays in OPENING or
+// TIMEOUT is frozen: sends go nowhere).
+export const WA_KEPT_STATES = Object.freeze([WA_STATES.CONNECTED, WA_STATES.OPENING, WA_STATES.PAIRING, WA_STATES.TIMEOUT]);
+// WhatsApp banned the number: reconnecting cannot help, a person must act.
+export const WA_BANNED_STATES = Object.freeze([WA_STATES.TOS_BLOCK, WA_STATES.SMB_TOS_BLOCK]);
+// The `disconnected` reason whatsapp-web.js gives when the phone logged the session out.
+export const WA_LOGOUT_REASON = 'LOGOUT';
+
 // whatsapp-web.js chat id suffixes (the `server` part of a Wid).
 export const WID_USER = '@c.us'; // a person, by phone number: "56912345678@c.us"
 export const WID_LID = '@lid'; // a person, by WhatsApp's privacy id: "123456789012345@lid" (no phone in it)
@@ -39,6 +64,7 @@ export const STATUS = Object.freeze({
   DISCONNECTED: 'disconnected',
   QR_NEEDED: 'qr_needed',
   INITIALIZING: 'initializing',
+  STOPPED: 'stopped', // after POST /session/stop: no client, no browser, until /session/start
 });
 
 // Our delivery events for a sent message (the `ack` field of message_ack events).
@@ -54,6 +80,8 @@ export const EVENT_TYPES = Object.freeze({
   WHATSAPP_STATUS: 'whatsapp_status',
   MESSAGE_ACK: 'message_ack',
   INBOUND_MESSAGE: 'inbound_message',
+  // {type, number_id, url}: where the bridge of a number listens; at start and with every status.
+  BRIDGE_REGISTERED: 'bridge_registered',
 });
 
 // Our error codes with the HTTP status each is answered with.
@@ -65,6 +93,10 @@ export const ERRORS = Object.freeze({
   payload_too_large: 413,
   invalid_number: 422,
   not_registered: 422,
+  // WhatsApp's error 463: this number may not start new chats for now (existing chats still
+  // work). Transient for the delivery (the recipient is fine; it waits while the number's
+  // health pauses it), and evidence of a coming restriction for the backend.
+  restricted_new_chats: 403,
   rate_limited: 429,
   send_failed: 502,
   not_connected: 503,

@@ -27,8 +27,8 @@
 //
 // Bound: at most `maxEvents` events and `maxBytes` bytes of journal lines are
 // kept (memory holds the same lines). Past either, the queue is cut to 99% of
-// the bound, dropping first the whatsapp_status events that a newer status
-// supersedes, then message_ack events, then the oldest of the rest; one log line
+// the bound, dropping first the whatsapp_status (and bridge_registered) events that a newer
+// one supersedes, then message_ack events, then the oldest of the rest; one log line
 // says how many of each type were dropped (never an event's contents).
 import {
   accessSync,
@@ -335,7 +335,7 @@ export class DurableEventQueue {
 
   /**
    * Past maxEvents or maxBytes, cut the queue to 99% of the bound: superseded
-   * whatsapp_status events first, then message_ack, then the oldest of the rest.
+   * whatsapp_status and bridge_registered events first, then message_ack, then the oldest of the rest.
    * @returns {number} events dropped
    */
   #enforceBound() {
@@ -352,15 +352,15 @@ export class DurableEventQueue {
       count -= 1;
       bytes -= item.bytes;
     };
-    let newestStatus = null;
-    for (let i = this.#items.length - 1; i >= 0; i--) {
-      if (this.#items[i].type === EVENT_TYPES.WHATSAPP_STATUS) {
-        newestStatus = this.#items[i];
-        break;
-      }
+    // A status, or a registration, says all there is to say: only the newest of each counts.
+    const superseding = [EVENT_TYPES.WHATSAPP_STATUS, EVENT_TYPES.BRIDGE_REGISTERED];
+    const newest = new Map();
+    for (let i = this.#items.length - 1; i >= 0 && newest.size < superseding.length; i--) {
+      const { type } = this.#items[i];
+      if (superseding.includes(type) && !newest.has(type)) newest.set(type, this.#items[i]);
     }
     const passes = [
-      (item) => item.type === EVENT_TYPES.WHATSAPP_STATUS && item !== newestStatus, // superseded by a newer status
+      (item) => superseding.includes(item.type) && newest.get(item.type) !== item, // superseded by a newer one
       (item) => item.type === EVENT_TYPES.MESSAGE_ACK,
       () => true,
     ];

@@ -19,6 +19,7 @@ export function signEvent(token, timestamp, rawBody) {
 export class EventPublisher {
   #url;
   #token;
+  #numberId;
   #log;
   #backoff;
   #timeoutMs;
@@ -33,6 +34,7 @@ export class EventPublisher {
    * @param {object} opts
    * @param {string} opts.url empty disables publishing (and the journal)
    * @param {string} opts.token HMAC key (BRIDGE_TOKEN)
+   * @param {string|null} [opts.numberId] BRIDGE_NUMBER_ID: added to every event as `number_id` when set
    * @param {string} [opts.dir] folder of the queue's journal (BRIDGE_DATA_DIR); required when url is set
    * @param {(line: string) => void} [opts.log]
    * @param {number} [opts.maxEvents] queue bound in events (superseded statuses are dropped first)
@@ -41,9 +43,10 @@ export class EventPublisher {
    * @param {{initialMs?: number, maxMs?: number}} [opts.backoff]
    * @param {number} [opts.timeoutMs] per POST
    */
-  constructor({ url, token, dir, log = () => {}, maxEvents, maxBytes, flushDelayMs, backoff = {}, timeoutMs = 5000 }) {
+  constructor({ url, token, numberId = null, dir, log = () => {}, maxEvents, maxBytes, flushDelayMs, backoff = {}, timeoutMs = 5000 }) {
     this.#url = url;
     this.#token = token;
+    this.#numberId = numberId;
     this.#log = log;
     this.#backoff = { initialMs: 500, maxMs: 30_000, ...backoff };
     this.#timeoutMs = timeoutMs;
@@ -84,14 +87,15 @@ export class EventPublisher {
 
   /**
    * Queue one event; returns at once. Each event gets an event_id so the backend can drop
-   * retried duplicates. The promise resolves true once the event is on disk (the point from which
+   * retried duplicates, and the number_id of the number this bridge drives (when configured). The promise resolves true once the event is on disk (the point from which
    * it survives a crash), false when publishing is off or the publisher closed before the write.
    * @returns {Promise<boolean>}
    */
   publish(event) {
     if (!this.enabled || this.#closed) return Promise.resolve(false);
     this.start();
-    const durable = this.#queue.push({ event_id: randomUUID(), ...event });
+    const body = this.#numberId ? { event_id: randomUUID(), ...event, number_id: this.#numberId } : { event_id: randomUUID(), ...event };
+    const durable = this.#queue.push(body);
     this.#kick();
     return durable;
   }

@@ -1,5 +1,6 @@
 // The bridge's HTTP API (node:http, no framework): authentication, request
-// validation, idempotent sends, and the simulator's admin routes (including a fake incoming reply).
+// validation, idempotent sends, session commands, and the simulator's admin routes (including a
+// fake incoming reply and the ways it can be told to misbehave).
 import http from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import {
@@ -9,6 +10,7 @@ import {
   MAX_MESSAGE_ID_CHARS,
   MAX_REQUEST_BYTES,
   STATUS,
+  WA_STATES,
 } from './constants.js';
 import { BridgeError } from './errors.js';
 import { OPERATOR_PAGE } from './operator-page.js';
@@ -17,7 +19,7 @@ export const TOKEN_COOKIE = 'bridge_token';
 
 /**
  * @param {object} deps
- * @param {{token: string, driver: string}} deps.config
+ * @param {{token: string, driver: string, numberId: string|null}} deps.config
  * @param {import('./drivers/base.js').BaseDriver} deps.driver
  * @param {import('./idempotency.js').IdempotencyStore} deps.store
  * @param {(line: string) => void} [deps.log]
@@ -93,7 +95,10 @@ function buildRoutes({ config, driver, store }) {
       GET: { public: true, handle: (req, res) => sendJson(res, 200, { ok: true, driver: config.driver, status: driver.status().status }) },
     },
     '/status': {
-      GET: { cookieAuth: true, handle: (req, res) => sendJson(res, 200, driver.status()) },
+      GET: {
+        cookieAuth: true,
+        handle: (req, res) => sendJson(res, 200, { ...driver.status(), number_id: config.numberId ?? null, rss_bytes: driver.rssBytes() }),
+      },
     },
     '/send': {
       POST: {
@@ -104,13 +109,19 @@ function buildRoutes({ config, driver, store }) {
         },
       },
     },
-    '/logout': {
-      POST: { handle: async (req, res) => sendJson(res, 200, { status: await driver.logout() }) },
-    },
-    '/restart': {
-      POST: { handle: async (req, res) => sendJson(res, 200, { status: await driver.restart() }) },
-    },
   };
+  // Session commands; each answers the status after it. /logout and /restart are their older names.
+  const commands = {
+    start: () => driver.startSession(),
+    stop: () => driver.stopSession(),
+    restart: () => driver.restartSession(),
+    logout: () => driver.logoutSession(),
+  };
+  for (const [name, run] of Object.entries(commands)) {
+    const route = { POST: { handle: async (req, res) => sendJson(res, 200, { status: await run() }) } };
+    routes[`/session/${name}`] = route;
+    if (name === 'restart' || name === 'logout') routes[`/${name}`] = route;
+  }
   if (!simulatorOnly) return routes;
 
   routes['/simulator/outbox'] = {
@@ -125,7 +136,16 @@ function buildRoutes({ config, driver, store }) {
   routes['/simulator/state'] = {
     POST: {
       handle: async (req, res) => {
-        const { status, reason } = await readJson(req);
+        const { status, reason, raw_state } = await readJson(req);
+        if (raw_state !== undefined) {
+          // whatsapp-web.js's own state; the simulator derives our status from it (rules in simulator.js).
+          if (status !== undefined) throw new BridgeError('bad_request', 'give status or raw_state, not both', 'raw_state');
+          if (!Object.values(WA_STATES).includes(raw_state)) {
+            throw new BridgeError('bad_request', `raw_state must be one of ${Object.values(WA_STATES).join(', ')}`, 'raw_state');
+          }
+          await driver.forceRawState(raw_state);
+          return sendJson(res, 200, driver.status());
+        }
         if (![STATUS.CONNECTED, STATUS.DISCONNECTED, STATUS.QR_NEEDED].includes(status)) {
           throw new BridgeError('bad_request', 'status must be connected, disconnected or qr_needed', 'status');
         }
@@ -149,11 +169,16 @@ function buildRoutes({ config, driver, store }) {
       handle: async (req, res) => {
         const input = await readJson(req);
         const changes = {};
-        for (const field of ['latency_ms', 'ack_delay_ms', 'fail_next']) {
+        for (const field of ['latency_ms', 'ack_delay_ms', 'fail_next', 'memory_growth_mb_per_min']) {
           if (input[field] === undefined) continue;
           if (!Number.isInteger(input[field]) || input[field] < 0 || input[field] > 600_000) {
             throw new BridgeError('bad_request', `${field} must be an integer from 0 to 600000`, field);
           }
+          changes[field] = input[field];
+        }
+        for (const field of ['pending_acks', 'restrict_new_chats']) {
+          if (input[field] === undefined) continue;
+          if (typeof input[field] !== 'boolean') throw new BridgeError('bad_request', `${field} must be true or false`, field);
           changes[field] = input[field];
         }
         sendJson(res, 200, driver.configure(changes));

@@ -52,3 +52,25 @@ test('a busy port exits 1 saying which port and what to set', async (t) => {
   assert.equal(code, 1);
   assert.match(stderr, new RegExp(`^bridge: port ${port} is already in use; set BRIDGE_PORT$`, 'm'));
 });
+
+test('BRIDGE_NUMBER_ID is an optional uuid and BRIDGE_PUBLIC_URL an optional http(s) URL', () => {
+  const id = '3F2B8C1E-7A4D-4E2B-9C1F-0123456789AB';
+  const config = loadConfig({ BRIDGE_NUMBER_ID: id, BRIDGE_PUBLIC_URL: 'https://bridge-2.example.net:3101/' }, '/x');
+  assert.equal(config.numberId, id.toLowerCase());
+  assert.equal(config.publicUrl, 'https://bridge-2.example.net:3101', 'no trailing slash');
+  const defaults = loadConfig({ BRIDGE_NUMBER_ID: '', BRIDGE_PUBLIC_URL: '' }, '/x');
+  assert.equal(defaults.numberId, null, 'unset: the default number');
+  assert.equal(defaults.publicUrl, null, 'unset: http://127.0.0.1:<port>, known once listening');
+  for (const bad of ['42', 'not-a-uuid', `${id}0`, '3f2b8c1e7a4d4e2b9c1f0123456789ab']) {
+    assert.throws(() => loadConfig({ BRIDGE_NUMBER_ID: bad }), /BRIDGE_NUMBER_ID must be the uuid of a WhatsApp number/, bad);
+  }
+  for (const bad of ['bridge-2:3101', 'ftp://bridge-2/', 'http://', 'http://bridge-2:3101/?x=1']) {
+    assert.throws(() => loadConfig({ BRIDGE_PUBLIC_URL: bad }), /BRIDGE_PUBLIC_URL must be an http/, bad);
+  }
+});
+
+test('a bad BRIDGE_NUMBER_ID exits 1 with one sentence', async (t) => {
+  const { code, stderr } = await runBridgeToExit({ BRIDGE_NUMBER_ID: 'number-one', BRIDGE_DATA_DIR: tempDir(t) });
+  assert.equal(code, 1);
+  assert.match(stderr, /^bridge: BRIDGE_NUMBER_ID must be the uuid of a WhatsApp number, got "number-one"\.$/m);
+});

@@ -146,6 +146,22 @@ test('a journal whose last line was cut short by a crash loads without it, with 
   for (const line of readFileSync(journal(dir), 'utf8').split('\n').filter(Boolean)) JSON.parse(line);
 });
 
+test('registrations are superseded like statuses: only the newest bridge_registered is kept when the queue is full', async (t) => {
+  const dir = tempDir(t);
+  const events = new EventPublisher({ url: DOWN, token: TOKEN, dir, maxEvents: 6, numberId: '6a1f2c3d-4b5e-4f60-8a7b-9c0d1e2f3a4b', backoff: SLOW });
+  t.after(() => events.close());
+  const reg = (n) => ({ type: 'bridge_registered', n, url: 'http://127.0.0.1:3001' });
+  const status = (n) => ({ type: 'whatsapp_status', n, status: 'connected' });
+  const reply = (n) => ({ type: 'inbound_message', n, phone: '+56977778888', text: 'hola' });
+  await Promise.all([reg(1), status(1), reg(2), status(2), reply(1), reg(3), reply(2)].map((e) => events.publish(e)));
+  // 7 > 6: cut to 5, the oldest superseded first (b1, then w1); b3 and w2 are the newest of their type.
+  const queued = queuedInJournal(dir);
+  assert.deepEqual(queued.map((e) => e.type[0] + e.n), ['b2', 'w2', 'i1', 'b3', 'i2']);
+  await Promise.all([reply(3), reply(4)].map((e) => events.publish(e)));
+  assert.deepEqual(queuedInJournal(dir).map((e) => e.type[0] + e.n), ['i1', 'b3', 'i2', 'i3', 'i4'], 'b2 superseded; then the oldest of the rest');
+  assert.ok(queued.every((e) => e.number_id === '6a1f2c3d-4b5e-4f60-8a7b-9c0d1e2f3a4b'), 'number_id is journaled with each event');
+});
+
 test('past its bound the queue drops superseded whatsapp_status events first, then acks, then the oldest, one log line per drop', async (t) => {
   const dir = tempDir(t);
   const lines = [];

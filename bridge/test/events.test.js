@@ -35,7 +35,8 @@ test('status changes and sent/delivered/read acks reach the backend signed', asy
   await b.call('POST', '/simulator/state', { status: 'qr_needed' });
   const qr = await waitFor(() => receiver.received.find((r) => r.event.status === 'qr_needed'), { what: 'qr_needed event' });
   assert.match(qr.event.qr_code, /^data:image\/png;base64,/);
-  assert.deepEqual(Object.keys(qr.event).sort(), ['event_id', 'last_error', 'phone', 'qr_code', 'since', 'status', 'type']);
+  assert.equal('number_id' in qr.event, false, 'no number_id without BRIDGE_NUMBER_ID');
+  assert.deepEqual(Object.keys(qr.event).sort(), ['event_id', 'last_disconnect_reason', 'last_error', 'phone', 'qr_code', 'raw_state', 'since', 'status', 'type']);
 
   for (const r of receiver.received) {
     assert.equal(r.signatureValid, true, `signature of ${r.event.type}`);

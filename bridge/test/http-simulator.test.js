@@ -30,6 +30,10 @@ test('every other route refuses a missing or wrong token with 401 unauthorized',
     ['POST', '/send'],
     ['POST', '/logout'],
     ['POST', '/restart'],
+    ['POST', '/session/start'],
+    ['POST', '/session/stop'],
+    ['POST', '/session/restart'],
+    ['POST', '/session/logout'],
     ['GET', '/simulator/outbox'],
     ['DELETE', '/simulator/outbox'],
     ['POST', '/simulator/state'],
@@ -46,6 +50,7 @@ test('every other route refuses a missing or wrong token with 401 unauthorized',
     }
   }
   assert.equal((await b.call('GET', '/simulator/outbox')).body.messages.length, 0, 'nothing was sent by refused calls');
+  assert.notEqual((await b.call('GET', '/status')).body.status, 'stopped', 'a refused /session/stop stopped nothing');
 });
 
 test('GET /status accepts the bridge_token cookie, and only GET /status does', async (t) => {
@@ -62,7 +67,7 @@ test('/status reports initializing then connected with the simulator phone', asy
   const b = await startBridge(t);
   const first = await b.call('GET', '/status');
   assert.equal(first.status, 200);
-  assert.deepEqual(Object.keys(first.body).sort(), ['last_error', 'phone', 'qr_code', 'since', 'status']);
+  assert.deepEqual(Object.keys(first.body).sort(), ['last_disconnect_reason', 'last_error', 'number_id', 'phone', 'qr_code', 'raw_state', 'rss_bytes', 'since', 'status']);
   const connected = await waitFor(async () => {
     const { body } = await b.call('GET', '/status');
     return body.status === 'connected' && body;
@@ -71,6 +76,8 @@ test('/status reports initializing then connected with the simulator phone', asy
   assert.equal(connected.qr_code, null);
   assert.equal(connected.last_error, null);
   assert.match(connected.since, ISO_UTC);
+  assert.equal(connected.raw_state, 'CONNECTED');
+  assert.equal(connected.number_id, null, 'no BRIDGE_NUMBER_ID: the default number');
 });
 
 test('a send lands in the outbox with a wwebjs-style message id', async (t) => {

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { test } from 'node:test';
-import { findBrowserPids } from '../src/drivers/browser-procs.js';
+import { findBrowserPids, processRssBytes } from '../src/drivers/browser-procs.js';
 import { CHROMIUM, NO_CHROMIUM, request, spawnBridge, startBridge, tempDir, waitFor } from '../test-support/helpers.js';
 
 const BROWSER_ARGS = '--no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking --disable-component-update --disable-sync';
@@ -63,4 +63,26 @@ test('a real `node src/main.js` with the wwebjs driver stops on SIGTERM with exi
   proc.child.kill('SIGTERM');
   assert.deepEqual(await proc.exited, { code: 0, signal: null });
   await waitFor(() => findBrowserPids(userDataDir).length === 0, { timeoutMs: 10_000, what: 'no chromium left for this session' });
+});
+
+test('rss_bytes counts the real Chromium, and /session/stop leaves none running and builds none', { skip: NO_CHROMIUM, timeout: 90_000 }, async (t) => {
+  const b = await startBridge(
+    t,
+    { WHATSAPP_DRIVER: 'wwebjs', CHROME_PATH: CHROMIUM, WHATSAPP_PUPPETEER_ARGS: BROWSER_ARGS },
+    { backoff: { initialMs: 200, maxMs: 1000 } },
+  );
+  const userDataDir = path.join(b.config.sessionPath, 'session');
+  // While a browser runs, the bridge's figure is well above this process's own.
+  await waitFor(async () => {
+    if (findBrowserPids(userDataDir).length === 0) return false;
+    const { rss_bytes } = (await b.call('GET', '/status')).body;
+    return rss_bytes > processRssBytes(process.pid) + 20 * 1024 * 1024;
+  }, { timeoutMs: 60_000, intervalMs: 50, what: 'rss_bytes to include chromium' });
+
+  const stopped = await b.call('POST', '/session/stop');
+  assert.deepEqual(stopped.body, { status: 'stopped' });
+  assert.deepEqual(findBrowserPids(userDataDir), [], 'stop answers once the browser is gone');
+  await new Promise((r) => setTimeout(r, 1500)); // past the rebuild backoff
+  assert.deepEqual(findBrowserPids(userDataDir), [], 'and no browser is started again');
+  assert.equal((await b.call('GET', '/status')).body.status, 'stopped');
 });

@@ -480,3 +480,64 @@ test('messages from a replaced client are ignored', async (t) => {
   assert.deepEqual(inbound().map((r) => r.event.text), ['from the new client']);
   assert.equal(got[0].event.phone, '+56922223333');
 });
+
+test('whatsapp-web.js states reach /status as raw_state; OPENING while connected keeps the status', async (t) => {
+  const fake = fakeFactory();
+  const b = await wwebjsBridge(t, fake);
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected', { what: 'connected' });
+  assert.equal((await statusOf(b)).raw_state, 'CONNECTED');
+  fake.last().emit('change_state', 'OPENING');
+  const frozen = await waitFor(async () => {
+    const s = await statusOf(b);
+    return s.raw_state === 'OPENING' && s;
+  }, { what: 'raw_state OPENING' });
+  assert.equal(frozen.status, 'connected', 'whatsapp-web.js keeps the client in OPENING; the backend judges a frozen page');
+  fake.last().emit('change_state', 'CONNECTED');
+  await waitFor(async () => (await statusOf(b)).raw_state === 'CONNECTED', { what: 'raw_state CONNECTED' });
+});
+
+test('a disconnect for UNPAIRED is reported with its reason and rebuilt; TOS_BLOCK is not rebuilt until restarted', async (t) => {
+  const fake = fakeFactory();
+  const b = await wwebjsBridge(t, fake);
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected', { what: 'connected' });
+
+  fake.last().emit('disconnected', 'UNPAIRED');
+  const unpaired = await statusOf(b);
+  assert.deepEqual([unpaired.status, unpaired.raw_state, unpaired.last_disconnect_reason], ['disconnected', 'UNPAIRED', 'UNPAIRED']);
+  await waitFor(() => fake.clients.length === 2, { what: 'a rebuilt client' });
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected', { what: 'connected again' });
+
+  fake.last().emit('disconnected', 'TOS_BLOCK');
+  const banned = await statusOf(b);
+  assert.deepEqual([banned.status, banned.raw_state, banned.last_disconnect_reason], ['disconnected', 'TOS_BLOCK', 'TOS_BLOCK']);
+  await waitFor(() => fake.clients[1].calls.destroy >= 1, { what: 'the banned client destroyed' });
+  await new Promise((r) => setTimeout(r, 200)); // several backoffs' worth
+  assert.equal(fake.clients.length, 2, 'no rebuild of a banned number');
+  assert.ok(b.lines.some((l) => l.includes('WhatsApp reports TOS_BLOCK; not reconnecting')));
+
+  assert.deepEqual((await b.call('POST', '/session/restart')).body, { status: 'initializing' });
+  assert.equal(fake.clients.length, 3, 'a person asked: one new client');
+});
+
+test('/session/stop destroys the client and builds none until /session/start', async (t) => {
+  const fake = fakeFactory();
+  const b = await wwebjsBridge(t, fake);
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected', { what: 'connected' });
+
+  assert.deepEqual((await b.call('POST', '/session/stop')).body, { status: 'stopped' });
+  assert.equal(fake.clients[0].calls.destroy, 1);
+  assert.equal(fake.clients[0].listenerCount('ready'), 0, 'its events are no longer heard');
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(fake.clients.length, 1, 'nothing rebuilt while stopped');
+  assert.equal((await b.call('POST', '/send', { to: '+56912345678', body: 'x', idempotency_key: 'stopped' })).body.code, 'not_connected');
+
+  const [a, again] = await Promise.all([b.call('POST', '/session/start'), b.call('POST', '/session/start')]);
+  assert.deepEqual([a.body, again.body], [{ status: 'initializing' }, { status: 'initializing' }]);
+  assert.equal(fake.clients.length, 2, 'two starts at once make one client');
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected', { what: 'connected after start' });
+});

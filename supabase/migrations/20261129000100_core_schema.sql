@@ -11,9 +11,10 @@
 --   replies                                    what contacts answered (20261129000900_replies_and_opt_out)
 --
 -- Private state lives with the feature that owns it: private.settings and
--- private.rate_events with the content rules, private.senders, sender_usage and
--- whatsapp_state with the dispatcher. A feature added since lands whole in its own
--- file: public.audit_log with its policies and triggers in 20261206000100_audit_trail.
+-- private.rate_events with the content rules, private.senders and sender_usage with
+-- the dispatcher. A feature added since lands whole in its own file: the WhatsApp
+-- numbers in 20261129000650_whatsapp_numbers, public.audit_log with its policies and
+-- triggers in 20261206000100_audit_trail.
 --
 -- Who may read and write what: 20261129000200_row_level_security. Rules on
 -- content and sending: 20261129000400_content_rules. Status changes:

@@ -363,8 +363,10 @@ declare
   m public.messages := private.lock_message(p_message_id);
   copy public.messages;
 begin
-  insert into public.messages (created_by, content, recurrence)
-  values (m.created_by, m.content, m.recurrence)
+  -- The copy keeps the message's WhatsApp number while the caller may still use it.
+  insert into public.messages (created_by, content, recurrence, number_id)
+  values (m.created_by, m.content, m.recurrence,
+          case when private.can_use_number(m.number_id) then m.number_id end)
   returning * into copy;
   insert into public.message_groups (message_id, group_id, created_by)
   select copy.id, mg.group_id, mg.created_by from public.message_groups mg where mg.message_id = p_message_id;

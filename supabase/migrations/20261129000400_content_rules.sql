@@ -55,6 +55,8 @@ create table private.settings (
   spam_word_patterns text[] not null default '{}',
   -- A reply is kept for the users who sent that phone a message within this many days.
   reply_window_days integer not null default 30 check (reply_window_days >= 1),
+  -- Users may add and connect their own WhatsApp numbers (20261129000650_whatsapp_numbers).
+  self_service_numbers boolean not null default false,
   updated_at timestamptz not null default now()
 );
 

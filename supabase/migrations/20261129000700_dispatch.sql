@@ -8,7 +8,6 @@
 --   fail_deliveries    a batch the bridge refused: retry with backoff, or `failed`
 --   finish_messages    `sending` messages with no open delivery become `sent` or `failed`
 --   apply_ack          WhatsApp's acks move deliveries forward (never backwards)
---   record_whatsapp_status  the last status the bridge reported, to detect transitions
 --   next_wake_at       when the dispatcher has something to do next
 -- Counters stay derived by the delivery triggers; nothing here writes them.
 -- notify_dispatcher wakes a sleeping worker when a message is scheduled or resumed.
@@ -31,17 +30,7 @@ create table private.sender_usage (
   primary key (sender, minute)
 );
 
--- The last WhatsApp status the bridge reported (one row).
-create table private.whatsapp_state (
-  id boolean primary key default true check (id),
-  status text not null,
-  phone text,
-  last_error text,
-  updated_at timestamptz not null default now()
-);
-
-grant select, insert, update, delete on private.senders, private.sender_usage, private.whatsapp_state
-  to service_role;
+grant select, insert, update, delete on private.senders, private.sender_usage to service_role;
 
 -- -----------------------------------------------------------------------------
 -- Quiet hours: the end of the window when `tz`'s local time is inside [p_start, p_end), else null.
@@ -152,7 +141,9 @@ create type private.claim_request as (
   worker text,                       -- who holds the lease
   batch_limit integer,               -- at most this many deliveries
   lease_seconds double precision,    -- how long before another worker may take a delivery over
-  sender text,                       -- the WhatsApp number whose pacing applies
+  number_id uuid,                    -- the WhatsApp number sending (default: the default number);
+                                     -- only messages that leave from it (private.message_number)
+  sender text,                       -- whose pacing applies (default: the number's id)
   spacing_min_s double precision,    -- random pause between two sends (0: off)
   spacing_max_s double precision,
   hourly_cap integer,                -- sends per hour of the number (0: off)
@@ -166,7 +157,7 @@ create type private.claim_request as (
 create or replace function private.read_claim_request(p_request jsonb)
 returns private.claim_request
 language plpgsql
-immutable
+stable
 set search_path = ''
 as $$
 declare
@@ -175,7 +166,7 @@ declare
 begin
   select string_agg(k, ', ') into unknown
   from jsonb_object_keys(p_request) k
-  where k not in ('worker', 'batch_limit', 'lease_seconds', 'sender', 'spacing_min_s', 'spacing_max_s',
+  where k not in ('worker', 'batch_limit', 'lease_seconds', 'number_id', 'sender', 'spacing_min_s', 'spacing_max_s',
                   'hourly_cap', 'daily_cap', 'warmup_days', 'quiet_start', 'quiet_end');
   if unknown is not null then
     raise exception 'unknown claim request keys: %', unknown using errcode = '22023';
@@ -184,7 +175,8 @@ begin
   if r.worker is null or r.batch_limit is null or r.lease_seconds is null then
     raise exception 'a claim request needs worker, batch_limit and lease_seconds' using errcode = '22023';
   end if;
-  r.sender := coalesce(r.sender, 'default');
+  r.number_id := coalesce(r.number_id, (select n.id from public.whatsapp_numbers n where n.is_default));
+  r.sender := coalesce(r.sender, r.number_id::text, 'default');
   r.spacing_min_s := coalesce(r.spacing_min_s, 0);
   r.spacing_max_s := coalesce(r.spacing_max_s, 0);
   r.hourly_cap := coalesce(r.hourly_cap, 0);
@@ -279,7 +271,8 @@ begin
 end;
 $$;
 
--- Step 4: up to p_allowance sending messages with due work, oldest first, key-share locked.
+-- Step 4: up to p_allowance sending messages of the request's number with due work, oldest
+-- first, key-share locked.
 create or replace function private.due_messages(r private.claim_request, p_allowance integer)
 returns uuid[]
 language sql
@@ -290,6 +283,7 @@ as $$
     select m.id, m.scheduled_for
     from public.messages m
     where m.status = 'sending'
+      and private.message_number(m) = r.number_id
       and exists (
         select 1 from public.deliveries d
         where d.message_id = m.id and d.state = 'pending' and d.next_attempt_at <= now()
@@ -330,8 +324,10 @@ begin
 
   return query
   with rescued as (
+    -- Taken over only by a claim for the number the message leaves from.
     select d.id from public.deliveries d
     where d.state = 'sending' and d.lease_expires_at < now()
+      and (select private.message_number(m) = r.number_id from public.messages m where m.id = d.message_id)
     order by d.lease_expires_at
     limit allowance
     for update skip locked
@@ -611,27 +607,6 @@ end;
 $$;
 
 -- -----------------------------------------------------------------------------
--- record_whatsapp_status: keep the bridge's last status; returns the previous one ('unknown'
--- before the first report), so a transition is seen once even with several API processes.
--- -----------------------------------------------------------------------------
-create or replace function private.record_whatsapp_status(p_status text, p_phone text, p_last_error text)
-returns text
-language plpgsql
-set search_path = ''
-as $$
-declare
-  previous text;
-begin
-  insert into private.whatsapp_state (status) values ('unknown') on conflict (id) do nothing;
-  select status into previous from private.whatsapp_state where id for update;
-  update private.whatsapp_state
-  set status = p_status, phone = p_phone, last_error = p_last_error, updated_at = now()
-  where id;
-  return previous;
-end;
-$$;
-
--- -----------------------------------------------------------------------------
 -- next_wake_at: the earliest of a scheduled message to start (p_ahead_s before it is due), a
 -- pending delivery of a sending message becoming due (its scheduled_for, a retry, the end of
 -- quiet hours; not before the sender's next_send_at when pacing applies, p_sender not null),
@@ -691,7 +666,6 @@ revoke all on function
   private.fail_deliveries(text, uuid[], text[], text[], boolean[], integer, double precision, double precision),
   private.finish_messages(uuid[]),
   private.apply_ack(text, text, text, timestamptz),
-  private.record_whatsapp_status(text, text, text),
   private.next_wake_at(text, double precision)
   from public, anon, authenticated;
 grant execute on function
@@ -707,6 +681,5 @@ grant execute on function
   private.fail_deliveries(text, uuid[], text[], text[], boolean[], integer, double precision, double precision),
   private.finish_messages(uuid[]),
   private.apply_ack(text, text, text, timestamptz),
-  private.record_whatsapp_status(text, text, text),
   private.next_wake_at(text, double precision)
   to service_role;

@@ -15,7 +15,9 @@
 -- Action names (entity_type in brackets):
 --   message.create | message.update | message.delete | message.schedule | message.pause |
 --   message.resume | message.cancel [message]; contact.delete | contact.opt_out_lifted [contact];
---   group.delete [group]; profile.role_change [profile]; and, through record_audit, the API's
+--   group.delete [group]; profile.role_change [profile]; whatsapp_number.add | .update | .remove |
+--   .assign | .unassign | .start | .stop | .restart | .logout [whatsapp_number]; and, through
+--   record_audit, the API's
 --   login_success | login_failure | logout | signup | refresh_token_reuse_detected [user],
 --   contacts.import [contact], report.export [report], message.read_all | contact.read_all |
 --   group.read_all | analytics.read_all.
@@ -294,6 +296,70 @@ $$;
 create trigger profiles_audit_role_change after update of role on public.profiles
   for each row when (new.role is distinct from old.role)
   execute function private.audit_role_change();
+
+-- -----------------------------------------------------------------------------
+-- WhatsApp numbers (20261129000650_whatsapp_numbers): added, changed, removed, assigned and
+-- unassigned, and each command requested (start, stop, restart, logout). What the bridges report
+-- (status, phone) is not an action. Rows that go with a removed account or number are not either.
+-- -----------------------------------------------------------------------------
+create or replace function private.audit_whatsapp_number()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  action text;
+  number_id uuid;
+  details jsonb;
+begin
+  if tg_table_name = 'whatsapp_numbers' then
+    number_id := coalesce(new.id, old.id);
+    if tg_op = 'INSERT' then
+      action := 'add';
+      details := jsonb_build_object('label', new.label, 'shared', new.shared, 'owner', new.owner_id);
+    elsif tg_op = 'UPDATE' then
+      action := 'update';
+      details := jsonb_build_object(
+        'from', jsonb_build_object('label', old.label, 'shared', old.shared),
+        'to', jsonb_build_object('label', new.label, 'shared', new.shared));
+    else
+      if old.owner_id is not null and not exists (select 1 from auth.users u where u.id = old.owner_id) then
+        return null;
+      end if;
+      action := 'remove';
+      details := jsonb_build_object('label', old.label, 'phone', old.phone, 'owner', old.owner_id);
+    end if;
+  elsif tg_table_name = 'whatsapp_number_users' then
+    number_id := coalesce(new.number_id, old.number_id);
+    if tg_op = 'DELETE' and (
+         not exists (select 1 from public.whatsapp_numbers n where n.id = old.number_id)
+         or not exists (select 1 from auth.users u where u.id = old.user_id)) then
+      return null;
+    end if;
+    action := case when tg_op = 'INSERT' then 'assign' else 'unassign' end;
+    details := jsonb_build_object('user_id', coalesce(new.user_id, old.user_id));
+  else
+    number_id := new.number_id;
+    action := new.action;
+    details := jsonb_build_object('command_id', new.id);
+  end if;
+  perform private.write_audit(
+    (select auth.uid()), 'whatsapp_number.' || action, 'whatsapp_number', array[number_id::text],
+    array[jsonb_strip_nulls(details)]);
+  return null;
+end;
+$$;
+
+create trigger whatsapp_numbers_audit after insert or delete on public.whatsapp_numbers
+  for each row execute function private.audit_whatsapp_number();
+create trigger whatsapp_numbers_audit_change after update of label, shared on public.whatsapp_numbers
+  for each row when ((new.label, new.shared) is distinct from (old.label, old.shared))
+  execute function private.audit_whatsapp_number();
+create trigger whatsapp_number_users_audit after insert or delete on public.whatsapp_number_users
+  for each row execute function private.audit_whatsapp_number();
+create trigger whatsapp_number_commands_audit after insert on public.whatsapp_number_commands
+  for each row execute function private.audit_whatsapp_number();
 
 -- -----------------------------------------------------------------------------
 -- Actions that change no table: the API records them as the service (in the user's own

@@ -20,6 +20,7 @@ from whatsched.api.routes import (
     contacts_import,
     health,
     notifications,
+    numbers,
     replies,
     reports,
     sync,
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(contacts_import.router)
     app.include_router(ws_routes.router)
     app.include_router(bridge_events.router)
+    app.include_router(numbers.router)
     app.include_router(notifications.router)
     app.include_router(replies.router)
     app.include_router(analytics.router)

@@ -90,6 +90,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 # The rules' SQLSTATEs (class WS, stable code in HINT) and the standard ones a request can trigger.
 _SQLSTATE_STATUS = {
+    "WS403": 403,  # forbidden: a WhatsApp number only an admin (or its owner) may manage
     "WS404": 404,
     "WS409": 409,
     "WS410": 409,
@@ -101,6 +102,7 @@ _SQLSTATE_STATUS = {
     "WS427": 422,  # spam_suspected
     "WS428": 422,  # validation_error: a contact's or group's name or description (DETAIL names the field)
     "WS429": 429,  # rate_limited
+    "WS430": 422,  # number_not_allowed: a WhatsApp number the user may not send from (DETAIL names the field)
 }
 _CONSTRAINT_CODES = {
     "contacts_phone_per_owner": ("duplicate_phone", "phone", "A contact with this phone already exists."),

@@ -42,18 +42,30 @@ async def claim(
     conn: asyncpg.Connection,
     worker_id: str,
     pacing: Pacing,
-    sender: str,
+    number_id: str,
     limit: int,
     lease_s: float,
 ) -> list[Claimed]:
-    request = {"worker": worker_id, "batch_limit": limit, "lease_seconds": lease_s, **pacing.claim_request(sender)}
+    """One batch of the deliveries that leave from `number_id`, paced as that number."""
+    request = {
+        "worker": worker_id,
+        "batch_limit": limit,
+        "lease_seconds": lease_s,
+        "number_id": number_id,
+        **pacing.claim_request(),
+    }
     rows = await conn.fetch(CLAIM, json.dumps(request))
     return [Claimed(*r) for r in rows]
 
 
-async def seconds_until_next(conn: asyncpg.Connection, sender: str | None, ahead_s: float) -> float | None:
+async def seconds_until_next(conn: asyncpg.Connection, senders: list[str] | None, ahead_s: float) -> float | None:
     """Seconds until something is due (negative: already due); None when nothing is planned.
-    `sender` adds the sender's next_send_at (spacing or a full cap) to pending work; scheduled
-    messages count from `ahead_s` before their time, when they are started."""
-    value: float | None = await conn.fetchval(NEXT_WAKE, sender, ahead_s)
-    return value
+    `senders` (the numbers' pacing keys) add the earliest of their next_send_at (spacing or a
+    full cap) to pending work; scheduled messages count from `ahead_s` before their time, when
+    they are started."""
+    if not senders:
+        value: float | None = await conn.fetchval(NEXT_WAKE, None, ahead_s)
+        return value
+    waits = [await conn.fetchval(NEXT_WAKE, sender, ahead_s) for sender in senders]
+    known = [w for w in waits if w is not None]
+    return min(known) if known else None

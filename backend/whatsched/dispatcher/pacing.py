@@ -1,8 +1,8 @@
 """Careful sending: random spacing between sends per WhatsApp number, hourly and daily caps,
 an optional warm-up ramp, and quiet hours in each owner's timezone.
 
-The rules are enforced in SQL (private.claim_deliveries) under a lock on the sender's row, so
-any number of workers share one budget per number. This module turns the settings into the
+The rules are enforced in SQL (private.claim_deliveries) under a lock on the number's pacing row,
+so any number of workers share one budget per WhatsApp number. This module turns the settings into the
 claim's arguments. Spacing and caps of 0 are off; an empty QUIET_HOURS is off.
 """
 
@@ -18,8 +18,6 @@ from whatsched.config import DispatchSettings, Settings
 from whatsched.errors import ConfigError
 
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
-# The pacing key when the bridge has not told us its number yet.
-DEFAULT_SENDER = "default"
 
 
 @dataclass(frozen=True)
@@ -95,10 +93,10 @@ class Pacing:
         # With spacing, sends go one at a time; the claim enforces it too.
         return 1 if self.spaced else batch_size
 
-    def claim_request(self, sender: str) -> dict[str, Any]:
-        """The pacing fields of private.claim_deliveries' request, by name."""
+    def claim_request(self) -> dict[str, Any]:
+        """The pacing fields of private.claim_deliveries' request, by name (each number is paced
+        on its own: the claim's pacing key is its number)."""
         return {
-            "sender": sender,
             "spacing_min_s": self.spacing_min_s,
             "spacing_max_s": self.spacing_max_s,
             "hourly_cap": self.hourly_cap,
@@ -107,9 +105,3 @@ class Pacing:
             "quiet_start": self.quiet.start.isoformat() if self.quiet else None,
             "quiet_end": self.quiet.end.isoformat() if self.quiet else None,
         }
-
-
-def sender_key(status: dict[str, Any]) -> str | None:
-    """The pacing key of the bridge's WhatsApp number, from GET /status (None when unknown)."""
-    phone = status.get("phone")
-    return str(phone) if phone else None

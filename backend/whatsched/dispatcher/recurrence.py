@@ -22,8 +22,8 @@ from croniter import croniter
 log = logging.getLogger("whatsched.dispatcher")
 
 INSERT_NEXT = """
-insert into public.messages (created_by, content, recurrence, recurrence_parent_id, scheduled_for, status)
-select m.created_by, m.content, m.recurrence, m.id, n.at, 'scheduled'
+insert into public.messages (created_by, content, recurrence, recurrence_parent_id, scheduled_for, status, number_id)
+select m.created_by, m.content, m.recurrence, m.id, n.at, 'scheduled', m.number_id
 from unnest($1::uuid[], $2::timestamptz[]) as n (id, at)
 join public.messages m on m.id = n.id
 on conflict (recurrence_parent_id) where recurrence_parent_id is not null do nothing

@@ -4,7 +4,12 @@ A round runs `lanes` concurrent claim → send → complete loops until no work 
 worker sleeps exactly until the next due time (private.next_wake_at) or a NOTIFY on
 'whatsched_dispatch' (a message scheduled or resumed), whichever comes first. There is no
 fixed poll: APScheduler only runs housekeeping (the rescue sweep, a wake-up if anything is
-overdue, the sender's number, pacing-count pruning), and correctness never depends on it.
+overdue, pending number commands, pacing-count pruning), and correctness never depends on it.
+
+Each round reads the numbers with a bridge from Postgres (dispatcher.numbers) and claims per
+number: a delivery leaves from its message's number, through that number's bridge, paced as
+that number. Session commands (start, stop, restart, logout) queued by /api or supabase-js
+arrive on 'whatsched_number_commands' and are carried out against the number's bridge.
 
 Each lane has its own connection, acting as service_role for the whole session. SIGTERM or
 SIGINT stops claiming; the batches in flight are sent and recorded, then the worker exits 0.
@@ -30,13 +35,13 @@ from typing import Any
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from whatsched.bridge_client import BridgeClient, BridgeError
 from whatsched.config import DispatchSettings, Settings
 from whatsched.db.errors import DATABASE_ERRORS
-from whatsched.dispatcher import claim, complete, deliver, fail, rescue
+from whatsched.dispatcher import claim, complete, deliver, fail, numbers, rescue
 from whatsched.dispatcher.deliver import Refused
 from whatsched.dispatcher.fail import Failures, RetryPolicy
-from whatsched.dispatcher.pacing import DEFAULT_SENDER, Pacing, sender_key
+from whatsched.dispatcher.numbers import Bridges, Number
+from whatsched.dispatcher.pacing import Pacing
 
 log = logging.getLogger("whatsched.dispatcher")
 
@@ -71,10 +76,9 @@ class Worker:
         self.pacing = Pacing.from_settings(settings, self.dispatch)
         self.retry = RetryPolicy(self.dispatch.max_attempts, self.dispatch.retry_base_s, self.dispatch.retry_max_s)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-        self.bridge = BridgeClient(
-            settings.effective_bridge_url, settings.bridge_token, timeout_s=self.dispatch.bridge_call_timeout_s
-        )
-        self.sender = DEFAULT_SENDER
+        self.bridges = Bridges(settings.bridge_token, self.dispatch.bridge_call_timeout_s)
+        self.numbers: list[Number] = []
+        self._commands = asyncio.Event()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._lanes: list[asyncpg.Connection] = []
@@ -99,12 +103,12 @@ class Worker:
         scheduler = AsyncIOScheduler()
         every = {"max_instances": 1, "coalesce": True}
         scheduler.add_job(self._housekeeping, "interval", seconds=self.dispatch.housekeeping_s, **every)
-        scheduler.add_job(self._refresh_sender, "interval", seconds=30, **every)
+        scheduler.add_job(self._run_commands, "interval", seconds=self.dispatch.housekeeping_s, **every)
         scheduler.add_job(self._prune, "interval", hours=1, **every)
         log.info(
-            "worker %s: bridge %s, %s lane(s) of up to %s, pacing %s",
+            "worker %s: default number's bridge %s, %s lane(s) of up to %s, pacing %s (per number)",
             self.id,
-            self.bridge.base_url,
+            self.settings.effective_bridge_url,
             self.dispatch.lanes,
             self.pacing.batch_limit(self.dispatch.batch_size),
             self._describe_pacing(),
@@ -115,7 +119,6 @@ class Worker:
                 try:
                     if not self._lanes:
                         await self._open()
-                        await self._refresh_sender()
                         if not scheduler.running:
                             scheduler.start()
                     await self._round()
@@ -129,7 +132,7 @@ class Worker:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             await self._close()
-            await self.bridge.close()
+            await self.bridges.close()
             log.info("worker %s stopped", self.id)
 
     async def _open(self) -> None:
@@ -139,6 +142,7 @@ class Worker:
             self.url, timeout=10, server_settings={"application_name": f"{APPLICATION_NAME}:{os.getpid()}"}
         )
         await self._listener.add_listener(CHANNEL, self._on_notify)
+        await self._listener.add_listener(numbers.COMMANDS_CHANNEL, self._on_command)
         self._listener.add_termination_listener(self._on_listener_lost)
         self._wake.set()  # anything announced while we were away is found by the next round
 
@@ -158,6 +162,10 @@ class Worker:
             self._notified.add(uuid.UUID(payload))
         self._wake.set()
 
+    def _on_command(self, *_: Any) -> None:
+        self._commands.set()
+        self._wake.set()
+
     def _on_listener_lost(self, *_: Any) -> None:
         # Without LISTEN we would miss wake-ups: the next round reconnects everything.
         log.warning("worker %s: the LISTEN connection was lost", self.id)
@@ -169,6 +177,10 @@ class Worker:
         if self._listener is None or self._listener.is_closed():
             raise ConnectionError("the LISTEN connection is closed")
         self._wake.clear()
+        self.numbers = await numbers.sending(self._lanes[0], self.settings.effective_bridge_url)
+        if self._commands.is_set():
+            self._commands.clear()
+            await self._run_commands()
         if self._notified:
             # A resume or an ack can leave a sending message with nothing open: finish it now.
             named, self._notified = sorted(self._notified), set()
@@ -181,9 +193,7 @@ class Worker:
         if self._stop.is_set() or self._wake.is_set():
             return
         claimed = sum(r for r in results if isinstance(r, int))
-        seconds = await claim.seconds_until_next(
-            self._lanes[0], self.sender if self.pacing.active else None, self.dispatch.start_ahead_s
-        )
+        seconds = await claim.seconds_until_next(self._lanes[0], self._senders(), self.dispatch.start_ahead_s)
         if seconds is not None and seconds <= 0 and claimed == 0:
             # Due but unclaimable right now (rows locked by another transaction): back off a little.
             self._idle_backoff = min(max(self._idle_backoff * 2, 0.05), 1.0)
@@ -193,27 +203,40 @@ class Worker:
         await self._sleep(seconds)
 
     async def _lane(self, conn: asyncpg.Connection) -> int:
-        """Start due messages, claim, send and record batches until nothing is due; returns how
-        much progress it made (0: nothing was due)."""
+        """Start due messages, then claim, send and record one batch per number, until nothing is
+        due; returns how much progress it made (0: nothing was due)."""
         limit = self.pacing.batch_limit(self.dispatch.batch_size)
         claimed = 0
         while not self._stop.is_set():
             started = await claim.start_due(conn, self.dispatch.start_limit, self.dispatch.start_ahead_s)
-            batch = await claim.claim(conn, self.id, self.pacing, self.sender, limit, self.dispatch.lease_s)
-            if not batch:
+            progress = 0
+            for number in self.numbers:
+                progress += await self._batch(conn, number, limit)
+            if not progress:
                 if started:
                     claimed += 1  # progress: keep going while messages are being started
                     continue
                 break
-            claimed += len(batch)
-            sent, refused = await deliver.send_batch(self.bridge, batch)
-            if sent:
-                await complete.complete(conn, sent)
-            if refused:
-                self._report(refused, await fail.fail(conn, self.id, refused, self.retry))
-            for done in await complete.finish(conn, sorted({d.message_id for d in batch})):
-                log.info("message %s finished: %s", done.id, done.status)
+            claimed += progress
         return claimed
+
+    async def _batch(self, conn: asyncpg.Connection, number: Number, limit: int) -> int:
+        """One claim for `number`, sent through its bridge and recorded; how many were decided on."""
+        batch = await claim.claim(conn, self.id, self.pacing, number.id, limit, self.dispatch.lease_s)
+        if not batch:
+            return 0
+        sent, refused = await deliver.send_batch(self.bridges.of(number), batch)
+        if sent:
+            await complete.complete(conn, sent)
+        if refused:
+            self._report(refused, await fail.fail(conn, self.id, refused, self.retry))
+        for done in await complete.finish(conn, sorted({d.message_id for d in batch})):
+            log.info("message %s finished: %s", done.id, done.status)
+        return len(batch)
+
+    def _senders(self) -> list[str] | None:
+        """The pacing keys whose next_send_at may delay the next send (None: pacing is off)."""
+        return [n.id for n in self.numbers] if self.pacing.active else None
 
     async def _back_off(self, seconds: float) -> None:
         """Before reconnecting: only stop() cuts it short. A wake-up (a lost LISTEN connection sets
@@ -241,21 +264,22 @@ class Worker:
                 for done in await rescue.sweep(self._house):
                     log.info("message %s finished by the sweep: %s", done.id, done.status)
                 await rescue.compact_counts(self._house)
-                sender = self.sender if self.pacing.active else None
-                if await rescue.overdue(self._house, sender, self.dispatch.start_ahead_s):
+                if await rescue.overdue(self._house, self._senders(), self.dispatch.start_ahead_s):
                     self._wake.set()
             except RECOVERABLE as exc:
                 log.warning("worker %s: housekeeping failed: %s", self.id, _describe(exc))
 
-    async def _refresh_sender(self) -> None:
-        """Pace per WhatsApp number: the bridge reports which one is paired."""
-        try:
-            number = sender_key(await self.bridge.status())
-        except BridgeError:
+    async def _run_commands(self) -> None:
+        """Carry out the session commands people queued (start, stop, restart, logout)."""
+        if self._house is None:
             return
-        if number and number != self.sender:
-            log.info("worker %s: sending as %s", self.id, number)
-            self.sender = number
+        async with self._house_lock:
+            try:
+                if not self.numbers:
+                    self.numbers = await numbers.sending(self._house, self.settings.effective_bridge_url)
+                await numbers.run_commands(self._house, self.id, self.numbers, self.bridges)
+            except RECOVERABLE as exc:
+                log.warning("worker %s: number commands failed: %s", self.id, _describe(exc))
 
     async def _prune(self) -> None:
         if self._house is None:

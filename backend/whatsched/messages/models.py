@@ -35,6 +35,11 @@ class MessageWrite(BaseModel):
         default=None, description="ISO 8601; a time without offset is read in your profile's timezone"
     )
     recurrence: str | None = Field(default=None, max_length=100, description="5-field cron expression")
+    number_id: UUID | None = Field(
+        default=None,
+        description="The WhatsApp number it leaves from (one you may use: GET /api/whatsapp/numbers); "
+        "null: your default number, else the deployment's",
+    )
 
     @field_validator("recurrence")
     @classmethod
@@ -88,6 +93,7 @@ class Message(BaseModel):
     failed_count: int
     created_by: str
     recurrence: str | None
+    number_id: str | None = Field(description="The WhatsApp number chosen for it; null: the owner's default")
 
 
 class MessagePage(BaseModel):

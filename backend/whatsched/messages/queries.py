@@ -37,7 +37,8 @@ MESSAGE_JSON = f"""json_build_object(
   'delivered_count', m.delivered_count,
   'failed_count', m.failed_count,
   'created_by', m.created_by,
-  'recurrence', m.recurrence
+  'recurrence', m.recurrence,
+  'number_id', m.number_id
 )"""
 
 # What MESSAGE_JSON reads besides `m`: its cached audience and its groups as one JSON array ('[]' when none).
@@ -163,13 +164,20 @@ async def localize(conn: asyncpg.Connection, *values: datetime | None) -> list[d
 
 
 async def insert_message(
-    conn: asyncpg.Connection, content: str, scheduled_for: datetime | None, recurrence: str | None
+    conn: asyncpg.Connection,
+    content: str,
+    scheduled_for: datetime | None,
+    recurrence: str | None,
+    number_id: str | None = None,
 ) -> str:
+    """The new draft's id. A number_id the user may not use is refused (WS430 number_not_allowed)."""
     message_id = await conn.fetchval(
-        "insert into public.messages (content, scheduled_for, recurrence) values ($1, $2, $3) returning id",
+        "insert into public.messages (content, scheduled_for, recurrence, number_id)"
+        " values ($1, $2, $3, $4::uuid) returning id",
         content,
         scheduled_for,
         recurrence,
+        number_id,
     )
     return str(message_id)
 
@@ -198,7 +206,8 @@ async def set_groups(conn: asyncpg.Connection, message_id: str, group_ids: list[
 
 
 async def update_message(conn: asyncpg.Connection, message_id: str, changes: dict[str, Any]) -> bool:
-    """Apply content/scheduled_for/recurrence changes (the trigger refuses non-editable messages).
+    """Apply content/scheduled_for/recurrence/number_id changes (the triggers refuse non-editable
+    messages, and a number the user may not use).
     Without changes, only locks the row. False when the message is not visible."""
     if not changes:
         found = await conn.fetchval("select id from public.messages where id = $1::uuid for update", message_id)

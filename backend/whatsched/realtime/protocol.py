@@ -123,8 +123,11 @@ def progress(message_id: str, sent: int, total: int, failed: int) -> str:
 
 
 def whatsapp_status(payload: dict[str, Any]) -> str:
-    """The guide's shape: qr_code only while the status is qr_needed."""
+    """The guide's shape: qr_code only while the status is qr_needed; number_id (which WhatsApp
+    number) when the event names one."""
     body: dict[str, Any] = {"type": WHATSAPP_STATUS, "status": payload.get("status")}
     if payload.get("status") == "qr_needed" and payload.get("qr_code") is not None:
         body["qr_code"] = payload["qr_code"]
+    if payload.get("number_id") is not None:
+        body["number_id"] = payload["number_id"]
     return dump(body)

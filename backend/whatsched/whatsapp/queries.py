@@ -1,7 +1,9 @@
-"""The SQL of what the WhatsApp bridge reports, run as the service role: delivery acks
+"""The SQL of what the WhatsApp bridges report, run as the service role: delivery acks
 (private.apply_ack, waking the dispatcher's workers when an ack settles a delivery they still had
-open), WhatsApp's connection status (private.record_whatsapp_status, relayed to every user's
-socket by private.broadcast) and incoming replies (private.record_reply)."""
+open), each number's connection status (private.record_number_status, which also relays the
+guide's whatsapp_status event to every user's socket), where each number's bridge listens
+(private.register_bridge), incoming replies (private.record_reply), and every number's state for
+the health check."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from whatsched.db.sql import ts
 
 
 async def apply_ack(
@@ -28,14 +32,49 @@ async def apply_ack(
             await conn.execute("select pg_notify('whatsched_dispatch', $1::text)", str(row["message_id"]))
 
 
-async def record_status(conn: asyncpg.Connection, status: str, phone: str | None, last_error: str | None) -> Any:
-    """Keep the bridge's status; the status it had before."""
-    return await conn.fetchval("select private.record_whatsapp_status($1, $2, $3)", status, phone, last_error)
+# A number's states (ours) that the bridge's `disconnected` leads to: a report from one of them is
+# no transition, so it warns nobody again.
+DOWN_STATES = frozenset({"failed", "blocked"})
 
 
-async def broadcast_status(conn: asyncpg.Connection, frame: dict[str, Any]) -> None:
-    """Relay the guide's whatsapp_status frame to every user's socket (realtime topic `whatsapp`)."""
-    await conn.execute("select private.broadcast($1::jsonb, 'whatsapp_status', 'whatsapp')", frame)
+async def record_status(
+    conn: asyncpg.Connection,
+    number_id: str | None,
+    status: str,
+    raw_state: str | None,
+    phone: str | None,
+    reason: str | None,
+    qr_code: str | None,
+) -> str:
+    """Keep what the bridge reported for the number (None: the default one) and broadcast the
+    guide's whatsapp_status event with its number_id; the number's state before (ours)."""
+    previous: str = await conn.fetchval(
+        "select private.record_number_status($1::uuid, $2, $3, $4, $5, $6)",
+        number_id,
+        status,
+        raw_state,
+        phone,
+        reason,
+        qr_code,
+    )
+    return previous
+
+
+async def register_bridge(conn: asyncpg.Connection, number_id: str | None, url: str) -> None:
+    """Where the bridge driving the number (None: the default one) listens."""
+    await conn.execute("select private.register_bridge($1::uuid, $2)", number_id, url)
+
+
+async def numbers_health(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """The state of every number the connection may see (RLS: a user's usable numbers, an admin's
+    all) as Postgres keeps it, the default first."""
+    rows = await conn.fetch(
+        f"""select n.id::text as id, n.label, n.phone, n.status, n.raw_state, n.last_disconnect_reason,
+                   {ts("n.status_changed_at")} as status_changed_at
+            from public.whatsapp_numbers n
+            order by n.is_default desc, lower(n.label), n.id"""
+    )
+    return [dict(r) for r in rows]
 
 
 async def record_reply(

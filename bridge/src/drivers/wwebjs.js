@@ -8,7 +8,9 @@ import {
   INBOUND_TEXT_TYPES,
   STATUS,
   STATUS_BROADCAST,
+  WA_BANNED_STATES,
   WA_EVENTS,
+  WA_STATES,
   WID_GROUP,
   WID_LID,
   WID_USER,
@@ -111,10 +113,15 @@ export class WwebjsDriver extends BaseDriver {
     return path.join(this.#opts.sessionPath, 'session');
   }
 
-  async start() {
-    this.#stopped = false;
-    this.#factory = this.#opts.clientFactory ?? (await realClientFactory());
-    this.#connect({ fresh: true });
+  /** Start the client; a second start while one runs does nothing (one browser per session). */
+  start() {
+    return this.#serial(async () => {
+      if (!this.#stopped) return;
+      this.#factory ??= this.#opts.clientFactory ?? (await realClientFactory());
+      this.#stopped = false;
+      this.#attempt = 0;
+      this.#connect({ fresh: true });
+    });
   }
 
   stop() {
@@ -162,7 +169,7 @@ export class WwebjsDriver extends BaseDriver {
       await this.#teardown();
       // Without the session files the next client has to ask for a QR.
       await rm(this.userDataDir, { recursive: true, force: true, maxRetries: 3 });
-      this._setStatus(STATUS.DISCONNECTED, { phone: null, last_error: 'logged out' });
+      this._setStatus(STATUS.DISCONNECTED, { phone: null, last_error: 'logged out', last_disconnect_reason: 'logged out' });
       this.#attempt = 0;
       if (!this.#stopped) this.#scheduleRebuild();
       return this.status().status;
@@ -232,18 +239,24 @@ export class WwebjsDriver extends BaseDriver {
     const current = () => generation === this.#generation && !this.#stopped;
 
     client.on(WA_EVENTS.QR, (qr) => {
-      qrToDataUrl(qr).then((qr_code) => current() && this._setStatus(STATUS.QR_NEEDED, { qr_code, phone: null }));
+      qrToDataUrl(qr).then((qr_code) => current() && this._setStatus(STATUS.QR_NEEDED, { qr_code, phone: null, raw_state: null }));
     });
     client.on(WA_EVENTS.AUTHENTICATED, () => current() && this.#opts.log('bridge: whatsapp authenticated'));
     client.on(WA_EVENTS.READY, () => {
       if (!current()) return;
       this.#attempt = 0;
       const user = client.info?.wid?.user;
-      this._setStatus(STATUS.CONNECTED, { phone: user ? `+${user}` : null, last_error: null });
+      this._setStatus(STATUS.CONNECTED, { phone: user ? `+${user}` : null, last_error: null, raw_state: WA_STATES.CONNECTED });
     });
     client.on(WA_EVENTS.AUTH_FAILURE, (message) => current() && this.#fail(`auth_failure: ${message}`));
-    client.on(WA_EVENTS.DISCONNECTED, (reason) => current() && this.#fail(`disconnected: ${reason}`));
-    client.on(WA_EVENTS.CHANGE_STATE, (state) => current() && this.#opts.log(`bridge: whatsapp state ${state}`));
+    // `reason` is a WA_STATES name (TOS_BLOCK, UNPAIRED, CONFLICT...) or "LOGOUT".
+    client.on(WA_EVENTS.DISCONNECTED, (reason) => current() && this.#fail(`disconnected: ${reason}`, String(reason)));
+    client.on(WA_EVENTS.CHANGE_STATE, (state) => {
+      if (!current()) return;
+      this.#opts.log(`bridge: whatsapp state ${state}`);
+      // OPENING or TIMEOUT while `connected` is how a frozen page shows: reported, for the backend to judge.
+      this._setStatus(this.status().status, { raw_state: String(state) });
+    });
     client.on(WA_EVENTS.MESSAGE_ACK, (msg, ack) => {
       if (!current() || msg?.id?.fromMe === false) return;
       const delivery = ackToDelivery(ack);
@@ -257,7 +270,7 @@ export class WwebjsDriver extends BaseDriver {
       this.#inbound = this.#inbound.then(() => this.#forwardInbound(client, inbound)).catch(() => {});
     });
 
-    if (fresh) this._setStatus(STATUS.INITIALIZING);
+    if (fresh) this._setStatus(STATUS.INITIALIZING, { raw_state: null });
     const init = Promise.resolve()
       .then(() => client.initialize())
       .catch((err) => current() && this.#fail(`initialize failed: ${err?.message ?? err}`));
@@ -267,10 +280,21 @@ export class WwebjsDriver extends BaseDriver {
     });
   }
 
-  /** The client is unusable: report why, then rebuild it after a backoff. */
-  #fail(reason) {
-    this._setStatus(STATUS.DISCONNECTED, { last_error: reason });
+  /**
+   * The client is unusable: report why, then rebuild it after a backoff; a banned number
+   * (TOS_BLOCK, SMB_TOS_BLOCK) is not rebuilt, as reconnecting cannot help: a person must act,
+   * then POST /session/restart.
+   */
+  #fail(reason, waReason = null) {
+    const fields = { last_error: reason, last_disconnect_reason: waReason ?? reason };
+    if (waReason && Object.values(WA_STATES).includes(waReason)) fields.raw_state = waReason;
+    this._setStatus(STATUS.DISCONNECTED, fields);
     this.#generation += 1; // ignore whatever the dying client says next
+    if (WA_BANNED_STATES.includes(waReason)) {
+      this.#opts.log(`bridge: WhatsApp reports ${waReason}; not reconnecting until told to (POST /session/restart)`);
+      this.#teardown().catch(() => {});
+      return;
+    }
     this.#scheduleRebuild();
   }
 

@@ -175,7 +175,8 @@ export interface paths {
         /**
          * Create Message
          * @description A new draft. Unknown (or someone else's) group ids answer 404 related_not_found. The
-         *     database cleans the content and checks the send time (20261129000400_content_rules).
+         *     database cleans the content and checks the send time (20261129000400_content_rules), and
+         *     refuses a number_id you may not use (422 number_not_allowed).
          */
         post: operations["create_message_api_messages_post"];
         delete?: never;
@@ -218,8 +219,9 @@ export interface paths {
         get: operations["get_message_api_messages__message_id__get"];
         /**
          * Update Message
-         * @description Partial update of content, group_ids, scheduled_for and recurrence. Only draft, scheduled
-         *     and paused messages can be edited (409 not_editable otherwise).
+         * @description Partial update of content, group_ids, scheduled_for, recurrence and number_id. Only draft,
+         *     scheduled and paused messages can be edited (409 not_editable otherwise); number_id must be a
+         *     WhatsApp number you may use (422 number_not_allowed).
          */
         put: operations["update_message_api_messages__message_id__put"];
         post?: never;
@@ -552,6 +554,125 @@ export interface paths {
          *     far, a few updates a second), then `done` or `failed`; the answer still comes at the end.
          */
         post: operations["import_contacts_api_contacts_import_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/whatsapp/numbers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Numbers
+         * @description The numbers you may send from (shared, assigned to you, your own); admins see all. The
+         *     default number comes first.
+         */
+        get: operations["list_numbers_api_whatsapp_numbers_get"];
+        put?: never;
+        /**
+         * Add Number
+         * @description A new number, `stopped` until started. Admins only, unless SELF_SERVICE_NUMBERS is on: then
+         *     a user's number is theirs alone (not shared, seen by them and admins). 403 forbidden otherwise.
+         */
+        post: operations["add_number_api_whatsapp_numbers_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/whatsapp/numbers/{number_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get Number */
+        get: operations["get_number_api_whatsapp_numbers__number_id__get"];
+        put?: never;
+        post?: never;
+        /**
+         * Remove Number
+         * @description Removes the number (409 number_is_default for the default one). Its messages then leave from
+         *     their owner's default number, else the deployment's.
+         */
+        delete: operations["remove_number_api_whatsapp_numbers__number_id__delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Update Number
+         * @description Partial update of label and shared (only an admin shares a number).
+         */
+        patch: operations["update_number_api_whatsapp_numbers__number_id__patch"];
+        trace?: never;
+    };
+    "/api/whatsapp/numbers/{number_id}/users/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Assign Number
+         * @description Lets the user send from a number that is not shared (admins; repeating it changes nothing).
+         *     404 related_not_found when there is no such user.
+         */
+        put: operations["assign_number_api_whatsapp_numbers__number_id__users__user_id__put"];
+        post?: never;
+        /**
+         * Unassign Number
+         * @description Takes the number away from the user (admins). 404 assignment_not_found when it was not theirs.
+         */
+        delete: operations["unassign_number_api_whatsapp_numbers__number_id__users__user_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/whatsapp/numbers/{number_id}/qr": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Number Qr
+         * @description The QR code to scan while the number is `qr_needed` (null otherwise): admins, and the owner
+         *     of a self-service number.
+         */
+        get: operations["number_qr_api_whatsapp_numbers__number_id__qr_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/whatsapp/numbers/{number_id}/{action}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Act On Number
+         * @description Queues start, stop, restart or logout for the number's bridge (a worker runs it; the
+         *     number's status follows as the bridge reports it). 202 with the command.
+         */
+        post: operations["act_on_number_api_whatsapp_numbers__number_id___action__post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1249,6 +1370,11 @@ export interface components {
             created_by: string;
             /** Recurrence */
             recurrence: string | null;
+            /**
+             * Number Id
+             * @description The WhatsApp number chosen for it; null: the owner's default
+             */
+            number_id: string | null;
         };
         /** MessageCreate */
         MessageCreate: {
@@ -1269,6 +1395,11 @@ export interface components {
              * @description 5-field cron expression
              */
             recurrence?: string | null;
+            /**
+             * Number Id
+             * @description The WhatsApp number it leaves from (one you may use: GET /api/whatsapp/numbers); null: your default number, else the deployment's
+             */
+            number_id?: string | null;
         };
         /** MessageGroup */
         MessageGroup: {
@@ -1331,6 +1462,11 @@ export interface components {
              * @description 5-field cron expression
              */
             recurrence?: string | null;
+            /**
+             * Number Id
+             * @description The WhatsApp number it leaves from (one you may use: GET /api/whatsapp/numbers); null: your default number, else the deployment's
+             */
+            number_id?: string | null;
         };
         /** MessagesAnalytics */
         MessagesAnalytics: {
@@ -1391,6 +1527,87 @@ export interface components {
             related_entity_id: string | null;
             /** Created At */
             created_at: string;
+        };
+        /** NumberCommand */
+        NumberCommand: {
+            /** Id */
+            id: string;
+            /** Number Id */
+            number_id: string;
+            /**
+             * Action
+             * @enum {string}
+             */
+            action: "start" | "stop" | "restart" | "logout";
+            /** Requested By */
+            requested_by: string | null;
+            /** Requested At */
+            requested_at: string;
+            /** Done At */
+            done_at: string | null;
+            /** Result */
+            result: string | null;
+            /** Error */
+            error: string | null;
+        };
+        /** NumberCreate */
+        NumberCreate: {
+            /**
+             * Label
+             * @description 1-100 characters after cleaning (like a group's name)
+             */
+            label: string;
+            /**
+             * Shared
+             * @description Every user may use it (admins); a user's own number is never shared
+             * @default true
+             */
+            shared?: boolean;
+        };
+        /** NumberHealth */
+        NumberHealth: {
+            /** Id */
+            id: string;
+            /** Label */
+            label: string;
+            /** Phone */
+            phone: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "stopped" | "starting" | "qr_needed" | "connected" | "failed" | "paused" | "blocked";
+            /** Raw State */
+            raw_state: string | null;
+            /** Last Disconnect Reason */
+            last_disconnect_reason: string | null;
+            /** Status Changed At */
+            status_changed_at: string;
+        };
+        /** NumberQr */
+        NumberQr: {
+            /** Number Id */
+            number_id: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "stopped" | "starting" | "qr_needed" | "connected" | "failed" | "paused" | "blocked";
+            /**
+             * Qr Code
+             * @description The QR code to scan (a data URL), while the number waits for one
+             */
+            qr_code: string | null;
+        };
+        /**
+         * NumberUpdate
+         * @description Partial: only the fields present change.
+         */
+        NumberUpdate: {
+            /** Label */
+            label?: string | null;
+            /** Shared */
+            shared?: boolean | null;
         };
         /** Page[GroupReach] */
         Page_GroupReach_: {
@@ -1549,6 +1766,11 @@ export interface components {
             created_by: string;
             /** Recurrence */
             recurrence: string | null;
+            /**
+             * Number Id
+             * @description The WhatsApp number chosen for it; null: the owner's default
+             */
+            number_id: string | null;
             /**
              * Warnings
              * @description Scheduled anyway; whatsapp_disconnected also creates a notification
@@ -1823,6 +2045,78 @@ export interface components {
             /** Last Error */
             last_error?: string | null;
         };
+        /**
+         * WhatsAppHealth
+         * @description The default number's bridge as it answers (status, phone, ...), and every number as
+         *     Postgres keeps it (from what each bridge reported).
+         */
+        WhatsAppHealth: {
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "ok" | "down" | "not_configured" | "connected" | "disconnected" | "qr_needed" | "initializing" | "unreachable";
+            /** Latency Ms */
+            latency_ms?: number | null;
+            /** Detail */
+            detail?: string | null;
+            /** Phone */
+            phone?: string | null;
+            /** Since */
+            since?: string | null;
+            /** Last Error */
+            last_error?: string | null;
+            /**
+             * Numbers
+             * @default []
+             */
+            numbers?: components["schemas"]["NumberHealth"][];
+        };
+        /** WhatsAppNumber */
+        WhatsAppNumber: {
+            /** Id */
+            id: string;
+            /** Label */
+            label: string;
+            /** Phone */
+            phone: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "stopped" | "starting" | "qr_needed" | "connected" | "failed" | "paused" | "blocked";
+            /**
+             * Raw State
+             * @description whatsapp-web.js's own state, e.g. CONNECTED, TOS_BLOCK, UNPAIRED
+             */
+            raw_state: string | null;
+            /** Last Disconnect Reason */
+            last_disconnect_reason: string | null;
+            /** Last Error */
+            last_error: string | null;
+            /** Shared */
+            shared: boolean;
+            /**
+             * Owner Id
+             * @description Who added it (self-service numbers); null: the deployment's
+             */
+            owner_id: string | null;
+            /** Is Default */
+            is_default: boolean;
+            /** Bridge Url */
+            bridge_url: string | null;
+            /**
+             * User Ids
+             * @description Users it is assigned to (a user sees only themselves)
+             */
+            user_ids: string[];
+            /** Status Changed At */
+            status_changed_at: string;
+            /** Created At */
+            created_at: string;
+            /** Updated At */
+            updated_at: string;
+        };
         /** Dashboard */
         whatsched__api__routes__analytics__Dashboard: {
             /**
@@ -1999,7 +2293,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["WhatsAppComponent"];
+                    "application/json": components["schemas"]["WhatsAppHealth"];
                 };
             };
             /** @description Service Unavailable */
@@ -2008,7 +2302,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["WhatsAppComponent"];
+                    "application/json": components["schemas"]["WhatsAppHealth"];
                 };
             };
         };
@@ -3982,6 +4276,520 @@ export interface operations {
             };
             /** @description Unsupported Media Type */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_numbers_api_whatsapp_numbers_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhatsAppNumber"][];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    add_number_api_whatsapp_numbers_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NumberCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhatsAppNumber"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_number_api_whatsapp_numbers__number_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhatsAppNumber"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    remove_number_api_whatsapp_numbers__number_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_number_api_whatsapp_numbers__number_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NumberUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhatsAppNumber"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    assign_number_api_whatsapp_numbers__number_id__users__user_id__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    unassign_number_api_whatsapp_numbers__number_id__users__user_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    number_qr_api_whatsapp_numbers__number_id__qr_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NumberQr"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    act_on_number_api_whatsapp_numbers__number_id___action__post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+                action: "start" | "stop" | "restart" | "logout";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NumberCommand"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

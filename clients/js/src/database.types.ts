@@ -335,6 +335,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          number_id: string | null
           recipient_count: number
           recurrence: string | null
           recurrence_parent_id: string | null
@@ -350,6 +351,7 @@ export type Database = {
           delivered_count?: number
           failed_count?: number
           id?: string
+          number_id?: string | null
           recipient_count?: number
           recurrence?: string | null
           recurrence_parent_id?: string | null
@@ -365,6 +367,7 @@ export type Database = {
           delivered_count?: number
           failed_count?: number
           id?: string
+          number_id?: string | null
           recipient_count?: number
           recurrence?: string | null
           recurrence_parent_id?: string | null
@@ -374,6 +377,13 @@ export type Database = {
           updated_at?: string
         }
         Relationships: [
+          {
+            foreignKeyName: "messages_number_id_fkey"
+            columns: ["number_id"]
+            isOneToOne: false
+            referencedRelation: "whatsapp_numbers"
+            referencedColumns: ["id"]
+          },
           {
             foreignKeyName: "messages_recurrence_parent_id_fkey"
             columns: ["recurrence_parent_id"]
@@ -423,6 +433,7 @@ export type Database = {
         Row: {
           created_at: string
           default_country: string
+          default_number_id: string | null
           display_name: string
           id: string
           role: string
@@ -432,6 +443,7 @@ export type Database = {
         Insert: {
           created_at?: string
           default_country?: string
+          default_number_id?: string | null
           display_name?: string
           id: string
           role?: string
@@ -441,13 +453,22 @@ export type Database = {
         Update: {
           created_at?: string
           default_country?: string
+          default_number_id?: string | null
           display_name?: string
           id?: string
           role?: string
           timezone?: string
           updated_at?: string
         }
-        Relationships: []
+        Relationships: [
+          {
+            foreignKeyName: "profiles_default_number_id_fkey"
+            columns: ["default_number_id"]
+            isOneToOne: false
+            referencedRelation: "whatsapp_numbers"
+            referencedColumns: ["id"]
+          },
+        ]
       }
       replies: {
         Row: {
@@ -527,11 +548,160 @@ export type Database = {
         }
         Relationships: []
       }
+      whatsapp_number_commands: {
+        Row: {
+          action: string
+          claimed_at: string | null
+          claimed_by: string | null
+          done_at: string | null
+          error: string | null
+          id: string
+          number_id: string
+          requested_at: string
+          requested_by: string | null
+          result: string | null
+        }
+        Insert: {
+          action: string
+          claimed_at?: string | null
+          claimed_by?: string | null
+          done_at?: string | null
+          error?: string | null
+          id?: string
+          number_id: string
+          requested_at?: string
+          requested_by?: string | null
+          result?: string | null
+        }
+        Update: {
+          action?: string
+          claimed_at?: string | null
+          claimed_by?: string | null
+          done_at?: string | null
+          error?: string | null
+          id?: string
+          number_id?: string
+          requested_at?: string
+          requested_by?: string | null
+          result?: string | null
+        }
+        Relationships: [
+          {
+            foreignKeyName: "whatsapp_number_commands_number_id_fkey"
+            columns: ["number_id"]
+            isOneToOne: false
+            referencedRelation: "whatsapp_numbers"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      whatsapp_number_users: {
+        Row: {
+          created_at: string
+          number_id: string
+          user_id: string
+        }
+        Insert: {
+          created_at?: string
+          number_id: string
+          user_id: string
+        }
+        Update: {
+          created_at?: string
+          number_id?: string
+          user_id?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "whatsapp_number_users_number_id_fkey"
+            columns: ["number_id"]
+            isOneToOne: false
+            referencedRelation: "whatsapp_numbers"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      whatsapp_numbers: {
+        Row: {
+          bridge_url: string | null
+          created_at: string
+          id: string
+          is_default: boolean
+          label: string
+          last_disconnect_reason: string | null
+          last_error: string | null
+          owner_id: string | null
+          phone: string | null
+          raw_state: string | null
+          shared: boolean
+          status: string
+          status_changed_at: string
+          updated_at: string
+        }
+        Insert: {
+          bridge_url?: string | null
+          created_at?: string
+          id?: string
+          is_default?: boolean
+          label: string
+          last_disconnect_reason?: string | null
+          last_error?: string | null
+          owner_id?: string | null
+          phone?: string | null
+          raw_state?: string | null
+          shared?: boolean
+          status?: string
+          status_changed_at?: string
+          updated_at?: string
+        }
+        Update: {
+          bridge_url?: string | null
+          created_at?: string
+          id?: string
+          is_default?: boolean
+          label?: string
+          last_disconnect_reason?: string | null
+          last_error?: string | null
+          owner_id?: string | null
+          phone?: string | null
+          raw_state?: string | null
+          shared?: boolean
+          status?: string
+          status_changed_at?: string
+          updated_at?: string
+        }
+        Relationships: []
+      }
     }
     Views: {
       [_ in never]: never
     }
     Functions: {
+      add_whatsapp_number: {
+        Args: { p_label: string; p_shared?: boolean }
+        Returns: {
+          bridge_url: string | null
+          created_at: string
+          id: string
+          is_default: boolean
+          label: string
+          last_disconnect_reason: string | null
+          last_error: string | null
+          owner_id: string | null
+          phone: string | null
+          raw_state: string | null
+          shared: boolean
+          status: string
+          status_changed_at: string
+          updated_at: string
+        }
+        SetofOptions: {
+          from: "*"
+          to: "whatsapp_numbers"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
       analytics_daily: {
         Args: { p_all?: boolean; p_from: string; p_to: string }
         Returns: {
@@ -553,6 +723,10 @@ export type Database = {
         Args: { p_all?: boolean; p_from: string; p_to: string; p_top?: number }
         Returns: Json
       }
+      assign_whatsapp_number: {
+        Args: { p_number_id: string; p_user_id: string }
+        Returns: boolean
+      }
       cancel_message: {
         Args: { p_message_id: string }
         Returns: {
@@ -562,6 +736,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          number_id: string | null
           recipient_count: number
           recurrence: string | null
           recurrence_parent_id: string | null
@@ -587,6 +762,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          number_id: string | null
           recipient_count: number
           recurrence: string | null
           recurrence_parent_id: string | null
@@ -616,6 +792,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          number_id: string | null
           recipient_count: number
           recurrence: string | null
           recurrence_parent_id: string | null
@@ -632,7 +809,53 @@ export type Database = {
         }
       }
       rate_limit_status: { Args: { p_action: string }; Returns: Json }
+      remove_whatsapp_number: {
+        Args: { p_number_id: string }
+        Returns: {
+          bridge_url: string | null
+          created_at: string
+          id: string
+          is_default: boolean
+          label: string
+          last_disconnect_reason: string | null
+          last_error: string | null
+          owner_id: string | null
+          phone: string | null
+          raw_state: string | null
+          shared: boolean
+          status: string
+          status_changed_at: string
+          updated_at: string
+        }
+        SetofOptions: {
+          from: "*"
+          to: "whatsapp_numbers"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
       reply_kind: { Args: { p_text: string }; Returns: string }
+      request_number_action: {
+        Args: { p_action: string; p_number_id: string }
+        Returns: {
+          action: string
+          claimed_at: string | null
+          claimed_by: string | null
+          done_at: string | null
+          error: string | null
+          id: string
+          number_id: string
+          requested_at: string
+          requested_by: string | null
+          result: string | null
+        }
+        SetofOptions: {
+          from: "*"
+          to: "whatsapp_number_commands"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
       resume_message: {
         Args: { p_message_id: string }
         Returns: {
@@ -642,6 +865,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          number_id: string | null
           recipient_count: number
           recurrence: string | null
           recurrence_parent_id: string | null
@@ -666,6 +890,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          number_id: string | null
           recipient_count: number
           recurrence: string | null
           recurrence_parent_id: string | null
@@ -685,6 +910,36 @@ export type Database = {
         Args: { p_at?: string; p_message_id: string }
         Returns: string[]
       }
+      unassign_whatsapp_number: {
+        Args: { p_number_id: string; p_user_id: string }
+        Returns: boolean
+      }
+      update_whatsapp_number: {
+        Args: { p_label?: string; p_number_id: string; p_shared?: boolean }
+        Returns: {
+          bridge_url: string | null
+          created_at: string
+          id: string
+          is_default: boolean
+          label: string
+          last_disconnect_reason: string | null
+          last_error: string | null
+          owner_id: string | null
+          phone: string | null
+          raw_state: string | null
+          shared: boolean
+          status: string
+          status_changed_at: string
+          updated_at: string
+        }
+        SetofOptions: {
+          from: "*"
+          to: "whatsapp_numbers"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
+      whatsapp_number_qr: { Args: { p_number_id: string }; Returns: string }
     }
     Enums: {
       [_ in never]: never

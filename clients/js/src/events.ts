@@ -53,8 +53,10 @@ export type WhatsAppConnection = "connected" | "disconnected" | "qr_needed" | "i
 export interface WhatsAppStatus {
   type: "whatsapp_status";
   status: WhatsAppConnection;
-  /** Only while `status` is `qr_needed`: the QR code to scan (a data URL). */
+  /** Only while `status` is `qr_needed`: the QR code to scan (a data URL); the default number's only. */
   qr_code?: string | null;
+  /** Which WhatsApp number (GET /api/whatsapp/numbers) the status is of. */
+  number_id?: string;
 }
 
 export interface ReplyEvent {

@@ -8,9 +8,17 @@ missing signature, or a timestamp more than 5 minutes away from our clock, is re
   the delivery moves forward (private.apply_ack: never backwards; failed only before
   delivered). An ack that settles a delivery the worker still had open wakes the workers, so
   they finish its message.
-- `whatsapp_status` {status, qr_code, phone, since, last_error}: relayed to every user's socket
-  (realtime topic `whatsapp`, the guide's frame, qr_code only when qr_needed); on a transition to
+- `whatsapp_status` {status, qr_code, phone, since, last_error, raw_state, last_disconnect_reason}:
+  kept on the number's row (private.record_number_status, which maps the bridge's word to the
+  number's state) and relayed to every user's socket (realtime topic `whatsapp`, the guide's frame
+  with number_id; qr_code only when qr_needed, and only the default number's); on a transition to
   `disconnected`, a warning notification for each user with scheduled or sending messages.
+- `bridge_registered` {url}: where the bridge process driving the number listens
+  (private.register_bridge), so workers on any machine find it through Postgres.
+
+Every event may carry `number_id`, the number the bridge drives; without it, the default number
+(a single-number install's bridge knows nothing of numbers). An unknown number_id is refused
+(404 number_not_found: the bridge does not retry it).
 
 - `inbound_message` {phone, text, whatsapp_message_id, at}: a reply (private.record_reply): kept
   once per user who wrote to the sender within REPLY_WINDOW_DAYS, and an opt-out or opt-in
@@ -30,6 +38,7 @@ import logging
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -48,7 +57,12 @@ SIGNATURE_HEADER = "X-Bridge-Signature"
 MAX_SKEW_S = 300
 
 
-class MessageAck(BaseModel):
+class BridgeEvent(BaseModel):
+    # The number the sending bridge drives; absent: the default number.
+    number_id: UUID | None = None
+
+
+class MessageAck(BridgeEvent):
     type: Literal["message_ack"]
     whatsapp_message_id: str = Field(min_length=1, max_length=300)
     idempotency_key: str | None = Field(default=None, max_length=300)
@@ -56,16 +70,23 @@ class MessageAck(BaseModel):
     at: datetime | None = None
 
 
-class WhatsAppStatus(BaseModel):
+class WhatsAppStatus(BridgeEvent):
     type: Literal["whatsapp_status"]
-    status: Literal["connected", "disconnected", "qr_needed", "initializing"]
+    status: Literal["connected", "disconnected", "qr_needed", "initializing", "starting", "stopped"]
     qr_code: str | None = None
     phone: str | None = Field(default=None, max_length=40)
     since: str | None = None
     last_error: str | None = Field(default=None, max_length=2000)
+    raw_state: str | None = Field(default=None, max_length=100)
+    last_disconnect_reason: str | None = Field(default=None, max_length=2000)
 
 
-class InboundMessage(BaseModel):
+class BridgeRegistered(BridgeEvent):
+    type: Literal["bridge_registered"]
+    url: str = Field(pattern=r"^https?://\S+$", max_length=500)
+
+
+class InboundMessage(BridgeEvent):
     type: Literal["inbound_message"]
     phone: str = Field(pattern=r"^\+[1-9]\d{1,14}$")
     # Whatever WhatsApp allowed; what is kept is cut to 4096 characters (the longest message).
@@ -78,10 +99,9 @@ class OtherEvent(BaseModel):
     type: str
 
 
-_EVENT: TypeAdapter[MessageAck | WhatsAppStatus | InboundMessage] = TypeAdapter(
-    Annotated[MessageAck | WhatsAppStatus | InboundMessage, Field(discriminator="type")]
-)
-KNOWN = frozenset({"message_ack", "whatsapp_status", "inbound_message"})
+Event = MessageAck | WhatsAppStatus | InboundMessage | BridgeRegistered
+_EVENT: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
+KNOWN = frozenset({"message_ack", "whatsapp_status", "inbound_message", "bridge_registered"})
 
 
 def sign(token: str, timestamp: int | str, raw: bytes) -> str:
@@ -125,6 +145,9 @@ async def bridge_event(request: Request, res: ResourcesDep) -> Response:
         await _apply_ack(res, event)
     elif isinstance(event, InboundMessage):
         await _record_reply(res, event)
+    elif isinstance(event, BridgeRegistered):
+        async with service_tx(res.pool) as conn:
+            await queries.register_bridge(conn, _number(event), event.url)
     else:
         await _relay_status(res, event)
     return Response(status_code=204)
@@ -140,16 +163,23 @@ async def _record_reply(res: Resources, event: InboundMessage) -> None:
         await queries.record_reply(conn, event.phone, event.text, event.whatsapp_message_id, event.at)
 
 
+def _number(event: BridgeEvent) -> str | None:
+    return str(event.number_id) if event.number_id else None
+
+
 async def _relay_status(res: Resources, event: WhatsAppStatus) -> None:
-    # The guide's event knows connected | disconnected | qr_needed: a bridge still starting is not
-    # connected yet. The database keeps the bridge's own word (health shows it).
-    shown = "disconnected" if event.status == "initializing" else event.status
-    frame: dict[str, Any] = {"type": "whatsapp_status", "status": shown}
-    if event.status == "qr_needed":
-        frame["qr_code"] = event.qr_code
+    # The database keeps the number's state and broadcasts the guide's event (connected |
+    # disconnected | qr_needed: a bridge still starting is not connected yet), number_id added.
     async with service_tx(res.pool) as conn:
-        previous = await queries.record_status(conn, event.status, event.phone, event.last_error)
-        await queries.broadcast_status(conn, frame)
-        if event.status == "disconnected" and previous != "disconnected":
+        previous = await queries.record_status(
+            conn,
+            _number(event),
+            event.status,
+            event.raw_state,
+            event.phone,
+            event.last_disconnect_reason or event.last_error,
+            event.qr_code,
+        )
+        if event.status == "disconnected" and previous not in queries.DOWN_STATES:
             told = await notify.disconnected(conn, event.last_error)
             log.warning("WhatsApp disconnected (%s); %s user(s) notified", event.last_error or "no reason given", told)

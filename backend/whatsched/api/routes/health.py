@@ -1,18 +1,23 @@
-"""Health checks: the whole service and each component (database, WhatsApp bridge, Redis)."""
+"""Health checks: the whole service and each component (database, WhatsApp bridge and numbers, Redis)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter
+import asyncpg
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from whatsched import __version__
 from whatsched.api.deps import Resources, ResourcesDep
+from whatsched.auth.tokens import InvalidToken
 from whatsched.bridge_client import BridgeError
 from whatsched.db.health import ping
+from whatsched.db.pool import user_tx
+from whatsched.whatsapp.models import NumberStatus
+from whatsched.whatsapp.queries import numbers_health
 
 router = APIRouter(prefix="/api/health", tags=["health"])
 
@@ -31,6 +36,23 @@ class WhatsAppComponent(Component):
     phone: str | None = None
     since: str | None = None
     last_error: str | None = None
+
+
+class NumberHealth(BaseModel):
+    id: str
+    label: str
+    phone: str | None
+    status: NumberStatus
+    raw_state: str | None
+    last_disconnect_reason: str | None
+    status_changed_at: str
+
+
+class WhatsAppHealth(WhatsAppComponent):
+    """The default number's bridge as it answers (status, phone, ...), and every number as
+    Postgres keeps it (from what each bridge reported)."""
+
+    numbers: list[NumberHealth] = []
 
 
 class Health(BaseModel):
@@ -116,10 +138,30 @@ async def health_db(res: ResourcesDep) -> JSONResponse:
     return _answer(db, db.status == "ok")
 
 
-@router.get("/whatsapp", response_model=WhatsAppComponent, responses={503: {"model": WhatsAppComponent}})
-async def health_whatsapp(res: ResourcesDep) -> JSONResponse:
+async def number_states(res: Resources, request: Request) -> list[NumberHealth]:
+    """The numbers the caller may use (admins: all), read under their own RLS; none for a probe
+    without a valid token, which must learn nothing of who has which number."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return []
+    try:
+        claims = await res.verifier.verify(token.strip())
+        async with user_tx(res.pool, claims) as conn:
+            rows = await numbers_health(conn)
+    except InvalidToken:
+        return []
+    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+        return []  # the database's own health says why
+    return [NumberHealth(**row) for row in rows]
+
+
+@router.get("/whatsapp", response_model=WhatsAppHealth, responses={503: {"model": WhatsAppHealth}})
+async def health_whatsapp(res: ResourcesDep, request: Request) -> JSONResponse:
+    """The default number's bridge as it answers; with a token, also the numbers the caller may use
+    (admins: every number) as Postgres keeps them."""
     state = await check_whatsapp(res)
-    return _answer(state, state.status != "unreachable")
+    body = WhatsAppHealth(**state.model_dump(), numbers=await number_states(res, request))
+    return _answer(body, state.status != "unreachable")
 
 
 @router.get("/redis", response_model=Component, responses={503: {"model": Component}})

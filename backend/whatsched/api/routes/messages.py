@@ -130,9 +130,11 @@ async def list_messages(
 @router.post("", response_model=Message, status_code=201, responses=responses(400, 401, 404, 422))
 async def create_message(body: MessageCreate, conn: UserConn) -> Response:
     """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found. The
-    database cleans the content and checks the send time (20261129000400_content_rules)."""
+    database cleans the content and checks the send time (20261129000400_content_rules), and
+    refuses a number_id you may not use (422 number_not_allowed)."""
     (at,) = await queries.localize(conn, body.scheduled_for)
-    message_id = await queries.insert_message(conn, body.content, at, body.recurrence)
+    number_id = str(body.number_id) if body.number_id else None
+    message_id = await queries.insert_message(conn, body.content, at, body.recurrence, number_id)
     await _link_groups(conn, message_id, body.group_ids, replace=False)
     return _json(await _message_or_404(conn, message_id), 201)
 
@@ -175,8 +177,9 @@ async def update_message(
     body: MessageUpdate,
     conn: UserConn,
 ) -> Response:
-    """Partial update of content, group_ids, scheduled_for and recurrence. Only draft, scheduled
-    and paused messages can be edited (409 not_editable otherwise)."""
+    """Partial update of content, group_ids, scheduled_for, recurrence and number_id. Only draft,
+    scheduled and paused messages can be edited (409 not_editable otherwise); number_id must be a
+    WhatsApp number you may use (422 number_not_allowed)."""
     mid = str(message_id)
     sent = body.model_fields_set
     changes: dict[str, Any] = {}
@@ -187,6 +190,8 @@ async def update_message(
         changes["scheduled_for"] = at
     if "recurrence" in sent:
         changes["recurrence"] = body.recurrence
+    if "number_id" in sent:
+        changes["number_id"] = str(body.number_id) if body.number_id else None
     if not await queries.update_message(conn, mid, changes):
         raise _not_found(mid)
     if "group_ids" in sent and await _link_groups(conn, mid, body.group_ids, replace=True) and not changes:
