@@ -385,11 +385,16 @@ async def test_bridge_events_with_a_number_id_update_that_number_and_broadcast_i
     assert (rows[default_id]["status"], rows[default_id]["phone"]) == ("connected", "+15550000001")
     assert await admin.fetchval("select count(*) from private.number_qr where number_id = $1::uuid", number) == 0
 
-    # The health check reports every number from Postgres.
-    health = (await client.get("/api/health/whatsapp")).json()
+    # The health check reports every number from Postgres to an admin, the numbers a user may use to
+    # that user, and none to a probe without a token (it must not learn who has which number).
+    hidden = await add_number(client, boss, shared=False)
+    health = (await client.get("/api/health/whatsapp", headers=boss.headers)).json()
     reported = {n["id"]: n for n in health["numbers"]}
     assert reported[number]["status"] == "blocked" and reported[number]["raw_state"] == "TOS_BLOCK"
-    assert health["numbers"][0]["id"] == default_id
+    assert health["numbers"][0]["id"] == default_id and hidden in reported
+    mine = {n["id"] for n in (await client.get("/api/health/whatsapp", headers=user.headers)).json()["numbers"]}
+    assert {default_id, number} <= mine and hidden not in mine
+    assert (await client.get("/api/health/whatsapp")).json()["numbers"] == []
 
     # A number nobody knows is refused (the bridge does not retry a 4xx).
     unknown = await event(type="whatsapp_status", number_id=str(uuid.uuid4()), status="connected")

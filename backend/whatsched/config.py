@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     reply_window_days: int = Field(default=30, ge=1)
     # Users may add and connect their own WhatsApp numbers (seen only by them and admins).
     self_service_numbers: bool = False
+    # A WhatsApp number's health (README, "Health"): facts weigh their kind's weight, halved every
+    # HEALTH_HALF_LIFE_MINUTES; at HEALTH_PAUSE_SCORE the database pauses the number. After a
+    # resume, for HEALTH_RAMP_HOURS, it sends HEALTH_RAMP_SHARE of its caps (spacing 1/share longer).
+    health_half_life_minutes: float = Field(default=60, gt=0)
+    health_pause_score: float = Field(default=2.5, gt=0)
+    health_weight_restricted: float = Field(default=1, ge=0)
+    health_weight_failed_ack: float = Field(default=0.5, ge=0)
+    health_weight_disconnect: float = Field(default=1, ge=0)
+    health_weight_opt_out: float = Field(default=0.5, ge=0)
+    health_ramp_hours: float = Field(default=24, ge=0)
+    health_ramp_share: float = Field(default=0.25, gt=0, le=1)
 
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)

@@ -2,8 +2,8 @@
 module is Python's side of them: writing the numbers they use, and reading a limit's state.
 
 - `publish_settings`: the environment's values into private.settings, so the API, the worker and
-  a supabase-js caller apply the same daily cap, limits, opt-out keywords and
-  whether users may add their own WhatsApp numbers. Run by `whatsched migrate`, `dev`,
+  a supabase-js caller apply the same daily cap, limits, opt-out keywords,
+  whether users may add their own WhatsApp numbers and the numbers' health rule. Run by `whatsched migrate`, `dev`,
   and at the start of every API process (give every process the same environment).
 - `rate_limit_status`: what is left of the caller's per-minute limit (the X-RateLimit-* headers).
 """
@@ -22,7 +22,10 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
     await conn.execute(
         "update private.settings set send_daily_cap = $1, schedule_per_minute = $2,"
         " group_create_per_minute = $3, opt_out_keywords = $4, opt_in_keywords = $5, spam_max_char_run = $6,"
-        " spam_word_limit = $7, reply_window_days = $8, self_service_numbers = $9, updated_at = now() where id",
+        " spam_word_limit = $7, reply_window_days = $8, self_service_numbers = $9,"
+        " health_half_life_minutes = $10, health_pause_score = $11, health_weight_restricted = $12,"
+        " health_weight_failed_ack = $13, health_weight_disconnect = $14, health_weight_opt_out = $15,"
+        " health_ramp_hours = $16, health_ramp_share = $17, updated_at = now() where id",
         settings.send_daily_cap,
         settings.schedule_per_minute,
         settings.group_create_per_minute,
@@ -32,6 +35,14 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
         settings.spam_word_limit,
         settings.reply_window_days,
         settings.self_service_numbers,
+        settings.health_half_life_minutes,
+        settings.health_pause_score,
+        settings.health_weight_restricted,
+        settings.health_weight_failed_ack,
+        settings.health_weight_disconnect,
+        settings.health_weight_opt_out,
+        settings.health_ramp_hours,
+        settings.health_ramp_share,
     )
     # An empty SPAM_WORDS keeps (or restores) the column's Spanish and English defaults.
     words = _words(settings.spam_words)

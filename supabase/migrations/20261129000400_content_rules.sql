@@ -57,6 +57,18 @@ create table private.settings (
   reply_window_days integer not null default 30 check (reply_window_days >= 1),
   -- Users may add and connect their own WhatsApp numbers (20261129000650_whatsapp_numbers).
   self_service_numbers boolean not null default false,
+  -- A WhatsApp number's health (20261129000650_whatsapp_numbers): each fact weighs its kind's
+  -- weight, halved every health_half_life_minutes; at health_pause_score the number is paused.
+  -- After a resume, for health_ramp_hours, its caps and batches are health_ramp_share of the
+  -- usual and its spacing 1 / health_ramp_share times as long. The README justifies the defaults.
+  health_half_life_minutes double precision not null default 60 check (health_half_life_minutes > 0),
+  health_pause_score double precision not null default 2.5 check (health_pause_score > 0),
+  health_weight_restricted double precision not null default 1 check (health_weight_restricted >= 0),
+  health_weight_failed_ack double precision not null default 0.5 check (health_weight_failed_ack >= 0),
+  health_weight_disconnect double precision not null default 1 check (health_weight_disconnect >= 0),
+  health_weight_opt_out double precision not null default 0.5 check (health_weight_opt_out >= 0),
+  health_ramp_hours double precision not null default 24 check (health_ramp_hours >= 0),
+  health_ramp_share double precision not null default 0.25 check (health_ramp_share > 0 and health_ramp_share <= 1),
   updated_at timestamptz not null default now()
 );
 

@@ -13,6 +13,15 @@
 --   whatsapp_number_qr               every action, for the API and supabase-js alike
 --   private.register_bridge, record_number_status, claim_number_command, finish_number_command
 --                                    what the bridges report and what the workers do (service_role)
+--   private.number_health_events     health: what WhatsApp did to a number (a send refused with
+--                                    restricted_new_chats, a `failed` ack, a disconnect, an
+--                                    opt-out), written where each fact arrives
+--   private.health_score             a number's score: the facts' weights, decaying
+--   private.judge_health             at private.settings.health_pause_score the number is
+--                                    paused, in the transaction of the fact (its owners of
+--                                    affected messages and every admin told, whatsapp_status sent)
+--   public.resume_whatsapp_number    a person resumes it: back to what the bridge last said, the
+--                                    score reset, a ramp of lower pace for health_ramp_hours
 --
 -- Who may do what: a user sees and uses the shared numbers, the ones assigned to them and (with
 -- SELF_SERVICE_NUMBERS) their own; admins see and manage all. Admins add, change, assign, act on
@@ -23,7 +32,7 @@
 -- Refusals (SQLSTATE class WS, stable code in HINT, fields in DETAIL):
 --   WS403 forbidden (not an admin, nor the owner of a self-service number)
 --   WS404 number_not_found (absent, or not one the caller may see)
---   WS409 number_is_default (the default number cannot be removed)
+--   WS409 number_is_default (the default number cannot be removed); number_not_paused (resume)
 --   WS428 validation_error (label, action)
 --   WS430 number_not_allowed (a message's number_id or a profile's default_number_id the user
 --         may not use; DETAIL names the field)
@@ -49,6 +58,13 @@ create table public.whatsapp_numbers (
   -- A self-service number's owner; null for the deployment's numbers (added by admins).
   owner_id uuid references auth.users (id) on delete cascade,
   is_default boolean not null default false,
+  -- What the bridge last said, in our words but without health's pause (a resume goes back to it).
+  reported_status text
+    check (reported_status in ('stopped', 'starting', 'qr_needed', 'connected', 'failed', 'blocked')),
+  -- Health (below): facts before health_reset_at no longer count (a resume); until ramp_until the
+  -- number sends at the ramp's lower pace (20261129000700_dispatch, private.ramp_request).
+  health_reset_at timestamptz,
+  ramp_until timestamptz,
   status_changed_at timestamptz not null default now(),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
@@ -419,6 +435,169 @@ end;
 $$;
 
 -- -----------------------------------------------------------------------------
+-- Health: what WhatsApp does to a number, as facts; a decaying score; a pause above the threshold
+-- -----------------------------------------------------------------------------
+
+-- One row per fact, written where the fact arrives: private.fail_deliveries (a send refused with
+-- restricted_new_chats, WhatsApp's error 463 on a new recipient), private.apply_ack (a `failed`
+-- ack), private.record_number_status (a disconnect) and private.record_reply (an opt-out, counted
+-- against the number of the user's last message to that phone). The weight is its kind's setting
+-- when it happened; evidence says what happened (phone, error, raw state).
+create table private.number_health_events (
+  id bigint generated always as identity primary key,
+  number_id uuid not null references public.whatsapp_numbers (id) on delete cascade,
+  kind text not null check (kind in ('restricted_new_chats', 'failed_ack', 'disconnect', 'opt_out')),
+  weight double precision not null check (weight >= 0),
+  at timestamptz not null default now(),
+  evidence jsonb not null default '{}'::jsonb
+);
+
+create index number_health_events_number_at_idx on private.number_health_events (number_id, at);
+
+grant select, insert, delete on private.number_health_events to service_role;
+
+-- A kind's weight (private.settings.health_weight_*).
+create or replace function private.health_weight(p_kind text)
+returns double precision
+language sql
+stable
+set search_path = ''
+as $$
+  select case p_kind
+    when 'restricted_new_chats' then s.health_weight_restricted
+    when 'failed_ack' then s.health_weight_failed_ack
+    when 'disconnect' then s.health_weight_disconnect
+    when 'opt_out' then s.health_weight_opt_out
+  end
+  from private.current_settings() s;
+$$;
+
+-- The score: each fact since the last resume weighs weight * 2^(-age / half-life). Facts older
+-- than ten half-lives (under 0.1 % of their weight) are left out, which bounds the rows read.
+-- A user gets the score of a number they may use (0 for others); the service, of any.
+create or replace function private.health_score(p_number_id uuid)
+returns double precision
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select coalesce(sum(e.weight * power(0.5, extract(epoch from now() - e.at) / 60 / s.health_half_life_minutes)), 0)
+  from private.current_settings() s
+  cross join public.whatsapp_numbers n
+  join private.number_health_events e on e.number_id = n.id
+  where n.id = p_number_id
+    and ((select auth.uid()) is null or private.can_use_number(n.id))
+    and e.at > now() - make_interval(mins => (10 * s.health_half_life_minutes)::integer)
+    and e.at >= coalesce(n.health_reset_at, '-infinity');
+$$;
+
+-- After facts are written (a statement-level trigger, so in the transaction of the fact): each
+-- number they concern whose score reached health_pause_score is paused (its last raw state
+-- kept), unless already paused or blocked. The owners of its scheduled and sending messages and
+-- every admin get a notification naming the number and the evidence; whatsapp_status says it.
+create or replace function private.judge_health()
+returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  cfg private.settings := private.current_settings();
+  n record;
+  why text;
+begin
+  for n in
+    update public.whatsapp_numbers w
+    set status = 'paused', status_changed_at = now(),
+        last_error = format('Paused by health: score %s reached %s', round(j.score::numeric, 2), cfg.health_pause_score)
+    from (select distinct f.number_id, private.health_score(f.number_id) as score from new_facts f) j
+    where w.id = j.number_id and j.score >= cfg.health_pause_score and w.status not in ('paused', 'blocked')
+    returning w.id, w.label, w.phone, w.reported_status, w.owner_id, j.score
+  loop
+    -- The evidence: each kind's count since the last resume, and the latest fact itself.
+    select format('%s. Último: %s', string_agg(format('%s × %s', c.facts, c.kind), ', ' order by c.facts desc, c.kind),
+                  (select e.evidence::text from private.number_health_events e
+                   join public.whatsapp_numbers w on w.id = e.number_id
+                   where e.number_id = n.id and e.at >= coalesce(w.health_reset_at, '-infinity')
+                   order by e.at desc, e.id desc limit 1))
+      into why
+    from (select e.kind, count(*) as facts
+          from private.number_health_events e join public.whatsapp_numbers w on w.id = e.number_id
+          where e.number_id = n.id and e.at >= coalesce(w.health_reset_at, '-infinity')
+            and e.at > now() - make_interval(mins => (10 * cfg.health_half_life_minutes)::integer)
+          group by e.kind) c;
+    insert into public.notifications (user_id, type, title, message)
+    select u.id, 'error', 'Número de WhatsApp pausado',
+           left(format('El número %s%s se pausó para protegerlo de un bloqueo de WhatsApp (salud %s, umbral %s): %s. '
+                       'Sus envíos esperan. Revisa el número y reanúdalo cuando sea seguro.',
+                       n.label, coalesce(' (' || n.phone || ')', ''), round(n.score::numeric, 2),
+                       cfg.health_pause_score, why), 2000)
+    from (
+      select m.created_by as id from public.messages m
+      where m.status in ('scheduled', 'sending') and private.message_number(m) = n.id
+      union
+      select p.id from public.profiles p where p.role = 'admin'
+      union
+      select n.owner_id where n.owner_id is not null
+    ) u;
+    perform private.broadcast(
+      jsonb_build_object(
+        'type', 'whatsapp_status',
+        'status', case when n.reported_status in ('connected', 'qr_needed') then n.reported_status
+                       else 'disconnected' end,
+        'number_id', n.id,
+        'number_status', 'paused',
+        'reason', left(why, 500)),
+      'whatsapp_status', 'whatsapp');
+  end loop;
+  return null;
+end;
+$$;
+
+create trigger number_health_events_judge after insert on private.number_health_events
+  referencing new table as new_facts
+  for each statement execute function private.judge_health();
+
+-- A person resumes a paused number (admins; a self-service number's owner): its status goes back
+-- to what the bridge last said, its score starts again from zero, and for health_ramp_hours it
+-- sends at the ramp's lower pace. Audited (whatsapp_number.resume); the workers are woken.
+create or replace function public.resume_whatsapp_number(p_number_id uuid)
+returns public.whatsapp_numbers
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  n public.whatsapp_numbers := private.managed_number(p_number_id);
+  cfg private.settings := private.current_settings();
+begin
+  if n.status <> 'paused' then
+    raise exception 'WhatsApp number % is %, not paused.', p_number_id, n.status
+      using errcode = 'WS409', hint = 'number_not_paused';
+  end if;
+  update public.whatsapp_numbers
+  set status = coalesce(reported_status, 'stopped'), status_changed_at = now(), last_error = null,
+      health_reset_at = now(),
+      ramp_until = now() + make_interval(secs => cfg.health_ramp_hours * 3600)
+  where id = n.id
+  returning * into n;
+  -- Every user's socket hears it when an admin resumes (a user may only broadcast to themselves).
+  if (select private.is_admin()) then
+    perform private.broadcast(
+      jsonb_build_object(
+        'type', 'whatsapp_status',
+        'status', case when n.status in ('connected', 'qr_needed') then n.status else 'disconnected' end,
+        'number_id', n.id,
+        'number_status', n.status),
+      'whatsapp_status', 'whatsapp');
+  end if;
+  perform pg_notify('whatsched_dispatch', n.id::text);
+  return n;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
 -- What the bridges report (service_role)
 -- -----------------------------------------------------------------------------
 
@@ -455,16 +634,16 @@ $$;
 
 -- Our state from the bridge's word (the guide's connected | disconnected | qr_needed |
 -- initializing, or stopped) and whatsapp-web.js's raw state and disconnect reason: WhatsApp's
--- own blocks and a logout need a person (blocked); a number paused by health stays paused while
--- connected.
+-- own blocks and a logout need a person (blocked); a number paused by health stays paused
+-- whatever else the bridge reports (a person resumes it), unless WhatsApp blocks it.
 create or replace function private.number_status(p_current text, p_status text, p_raw_state text, p_reason text)
 returns text
 language sql
 immutable
 set search_path = ''
 as $$
-  select case
-    when p_status = 'connected' and p_current = 'paused' then 'paused'
+  select case when p_current = 'paused' and said.status <> 'blocked' then 'paused' else said.status end
+  from (select case
     when p_status = 'connected' then 'connected'
     when p_status = 'qr_needed' then 'qr_needed'
     when upper(coalesce(p_raw_state, '')) in ('TOS_BLOCK', 'SMB_TOS_BLOCK', 'UNPAIRED', 'UNPAIRED_IDLE')
@@ -472,7 +651,7 @@ as $$
     when p_status in ('initializing', 'starting') then 'starting'
     when p_status = 'stopped' then 'stopped'
     else 'failed'
-  end;
+  end as status) said;
 $$;
 
 -- Keep what the bridge reported for a number (null: the default one) and broadcast the guide's
@@ -489,12 +668,15 @@ declare
   target uuid := private.reported_number(p_number_id);
   n public.whatsapp_numbers;
   next_status text;
+  said text;
   frame jsonb;
 begin
   select * into n from public.whatsapp_numbers where id = target for update;
   next_status := private.number_status(n.status, p_status, p_raw_state, p_reason);
+  said := private.number_status(null, p_status, p_raw_state, p_reason);
   update public.whatsapp_numbers
   set status = next_status,
+      reported_status = said,
       raw_state = left(p_raw_state, 100),
       -- A phone in E.164 (with or without its '+'); anything else keeps the one known.
       phone = case when p_phone ~ '^\+?[1-9][0-9]{1,14}$' then '+' || ltrim(p_phone, '+') else phone end,
@@ -508,6 +690,14 @@ begin
     on conflict (number_id) do update set qr_code = excluded.qr_code, updated_at = now();
   else
     delete from private.number_qr where number_id = n.id;
+  end if;
+  -- A health fact: the number fell into failed or blocked, or changed raw state while there (a
+  -- stop someone asked for is not one).
+  if said in ('failed', 'blocked')
+     and (n.reported_status is distinct from said or n.raw_state is distinct from left(p_raw_state, 100)) then
+    insert into private.number_health_events (number_id, kind, weight, evidence)
+    values (n.id, 'disconnect', private.health_weight('disconnect'), jsonb_strip_nulls(jsonb_build_object(
+      'status', said, 'raw_state', p_raw_state, 'reason', left(p_reason, 500))));
   end if;
   frame := jsonb_build_object(
     'type', 'whatsapp_status',
@@ -570,7 +760,9 @@ revoke all on function
   public.whatsapp_number_qr(uuid),
   private.reported_number(uuid), private.register_bridge(uuid, text), private.number_status(text, text, text, text),
   private.record_number_status(uuid, text, text, text, text, text), private.claim_number_command(text),
-  private.finish_number_command(uuid, text, text)
+  private.finish_number_command(uuid, text, text),
+  private.health_weight(text), private.health_score(uuid), private.judge_health(),
+  public.resume_whatsapp_number(uuid)
   from public, anon, authenticated;
 grant execute on function
   private.can_use_number(uuid), private.message_number(public.messages), private.managed_number(uuid),
@@ -578,10 +770,10 @@ grant execute on function
   public.add_whatsapp_number(text, boolean), public.update_whatsapp_number(uuid, text, boolean),
   public.remove_whatsapp_number(uuid), public.assign_whatsapp_number(uuid, uuid),
   public.unassign_whatsapp_number(uuid, uuid), public.request_number_action(uuid, text),
-  public.whatsapp_number_qr(uuid)
+  public.whatsapp_number_qr(uuid), public.resume_whatsapp_number(uuid), private.health_score(uuid)
   to authenticated, service_role;
 grant execute on function
   private.reported_number(uuid), private.register_bridge(uuid, text), private.number_status(text, text, text, text),
   private.record_number_status(uuid, text, text, text, text, text), private.claim_number_command(text),
-  private.finish_number_command(uuid, text, text)
+  private.finish_number_command(uuid, text, text), private.health_weight(text)
   to service_role;

@@ -2,12 +2,15 @@
 -- The dispatcher's database operations, one section per verb (like graphile-worker):
 --   claim_messages     scheduled messages about to fall due become `sending`, fanned out
 --   claim_deliveries   a batch of due deliveries becomes `sending` under a lease, within the
---                      sender's pacing (spacing, hourly/daily caps, warm-up) and the owners'
---                      quiet hours; expired leases (a crashed worker) are taken over
+--                      sender's pacing (spacing, hourly/daily caps, warm-up, the ramp after a
+--                      health pause) and the owners' quiet hours; expired leases (a crashed
+--                      worker) are taken over; a paused or blocked number's work waits
 --   complete_deliveries  a batch the bridge accepted becomes `sent`, in one statement
---   fail_deliveries    a batch the bridge refused: retry with backoff, or `failed`
+--   fail_deliveries    a batch the bridge refused: retry with backoff, or `failed` (a refusal
+--                      for restricted_new_chats is a health fact of the number)
 --   finish_messages    `sending` messages with no open delivery become `sent` or `failed`
---   apply_ack          WhatsApp's acks move deliveries forward (never backwards)
+--   apply_ack          WhatsApp's acks move deliveries forward (never backwards); a `failed`
+--                      ack is a health fact of the number
 --   next_wake_at       when the dispatcher has something to do next
 -- Counters stay derived by the delivery triggers; nothing here writes them.
 -- notify_dispatcher wakes a sleeping worker when a message is scheduled or resumed.
@@ -112,6 +115,9 @@ $$;
 -- claim_deliveries: one batch of work for one worker, in one round trip. Its input is one
 -- named request (private.claim_request, read from JSON by private.read_claim_request: a key
 -- left out is "off"), and it runs in steps, each a function below:
+--   0. a paused or blocked number claims nothing (its deliveries wait, pending); a number
+--      resumed after a health pause is paced by ramp_request (a share of its caps and batch,
+--      its spacing longer) until its ramp_until;
 --   1. (the worker calls claim_messages just before, so a message falling due mid-campaign
 --      starts within one batch);
 --   2. defer_quiet_hours: the due work of owners inside quiet hours waits for the end of their
@@ -182,6 +188,33 @@ begin
   r.hourly_cap := coalesce(r.hourly_cap, 0);
   r.daily_cap := coalesce(r.daily_cap, 0);
   r.warmup_days := coalesce(r.warmup_days, 0);
+  return r;
+end;
+$$;
+
+-- Step 0: after a resume (public.resume_whatsapp_number), until the number's ramp_until, its
+-- batch and caps are private.settings.health_ramp_share of the request's (at least 1) and its
+-- spacing 1 / share times as long: the number comes back at a lower pace.
+create or replace function private.ramp_request(r private.claim_request)
+returns private.claim_request
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  share double precision;
+begin
+  select s.health_ramp_share into share
+  from private.current_settings() s, public.whatsapp_numbers n
+  where n.id = r.number_id and n.ramp_until > now();
+  if share is null or share >= 1 then
+    return r;
+  end if;
+  r.batch_limit := greatest(1, floor(r.batch_limit * share))::integer;
+  r.hourly_cap := case when r.hourly_cap > 0 then greatest(1, ceil(r.hourly_cap * share)) else 0 end::integer;
+  r.daily_cap := case when r.daily_cap > 0 then greatest(1, ceil(r.daily_cap * share)) else 0 end::integer;
+  r.spacing_min_s := r.spacing_min_s / share;
+  r.spacing_max_s := r.spacing_max_s / share;
   return r;
 end;
 $$;
@@ -307,13 +340,16 @@ set search_path = ''
 as $$
 #variable_conflict use_column
 declare
-  r private.claim_request := private.read_claim_request(p_request);
+  r private.claim_request := private.ramp_request(private.read_claim_request(p_request));
   cfg private.settings := private.current_settings();
   paced boolean := r.spacing_max_s > 0 or r.hourly_cap > 0 or r.daily_cap > 0;
   allowance integer;
   active uuid[];
   per_message integer;
 begin
+  if exists (select 1 from public.whatsapp_numbers n where n.id = r.number_id and n.status in ('paused', 'blocked')) then
+    return;
+  end if;
   perform private.defer_quiet_hours(r);
   allowance := private.take_allowance(r);
   if allowance <= 0 then
@@ -469,6 +505,8 @@ $$;
 -- others wait an exponential backoff with jitter (base * 2^(attempts-1), capped, times 0.5..1).
 -- Only the lease holder may fail a delivery: after a takeover the new holder decides.
 -- A delivery of a message cancelled meanwhile is cancelled rather than retried.
+-- A refusal for restricted_new_chats (WhatsApp's error 463: the number may not start new chats)
+-- is a health fact of the message's number, written in the same statement.
 -- -----------------------------------------------------------------------------
 create or replace function private.fail_deliveries(
   p_worker text,
@@ -488,23 +526,33 @@ as $$
 begin
   perform private.lock_messages_of(p_ids);
   return query
-  update public.deliveries d
-  set state = case
-        when r.permanent or d.attempts >= p_max_attempts then 'failed'
-        when m.status = 'cancelled' then 'cancelled'
-        else 'pending' end,
-      failed_at = case when r.permanent or d.attempts >= p_max_attempts then now() else d.failed_at end,
-      next_attempt_at = case
-        when r.permanent or d.attempts >= p_max_attempts or m.status = 'cancelled' then d.next_attempt_at
-        else now() + make_interval(secs => least(p_retry_max_s, p_retry_base_s * power(2, d.attempts - 1))
-                                           * (0.5 + random() / 2)) end,
-      last_error_code = r.code,
-      last_error = left(r.error, 500),
-      lease_expires_at = null
-  from unnest(p_ids, p_codes, p_errors, p_permanent) as r (id, code, error, permanent),
-       public.messages m
-  where d.id = r.id and m.id = d.message_id and d.state = 'sending' and d.claimed_by = p_worker
-  returning d.id, d.state;
+  with refused as (
+    update public.deliveries d
+    set state = case
+          when r.permanent or d.attempts >= p_max_attempts then 'failed'
+          when m.status = 'cancelled' then 'cancelled'
+          else 'pending' end,
+        failed_at = case when r.permanent or d.attempts >= p_max_attempts then now() else d.failed_at end,
+        next_attempt_at = case
+          when r.permanent or d.attempts >= p_max_attempts or m.status = 'cancelled' then d.next_attempt_at
+          else now() + make_interval(secs => least(p_retry_max_s, p_retry_base_s * power(2, d.attempts - 1))
+                                             * (0.5 + random() / 2)) end,
+        last_error_code = r.code,
+        last_error = left(r.error, 500),
+        lease_expires_at = null
+    from unnest(p_ids, p_codes, p_errors, p_permanent) as r (id, code, error, permanent),
+         public.messages m
+    where d.id = r.id and m.id = d.message_id and d.state = 'sending' and d.claimed_by = p_worker
+    returning d.id, d.state, d.message_id, d.phone, r.code, r.error
+  ), facts as (
+    insert into private.number_health_events (number_id, kind, weight, evidence)
+    select private.message_number(m), 'restricted_new_chats', private.health_weight('restricted_new_chats'),
+           jsonb_build_object('phone', f.phone, 'message_id', f.message_id, 'delivery_id', f.id,
+                              'error', left(f.error, 300))
+    from refused f join public.messages m on m.id = f.message_id
+    where f.code = 'restricted_new_chats'
+  )
+  select f.id, f.state from refused f;
 end;
 $$;
 
@@ -548,7 +596,8 @@ $$;
 -- -----------------------------------------------------------------------------
 -- apply_ack: WhatsApp's word on one message. The delivery is found by the WhatsApp id or, when
 -- the ack beats the worker's completion, by the idempotency key. States only move forward
--- (sent < delivered < read); `failed` only before `delivered`.
+-- (sent < delivered < read); `failed` only before `delivered`. A `failed` that moves a delivery
+-- is a health fact of its message's number.
 -- -----------------------------------------------------------------------------
 create or replace function private.apply_ack(
   p_whatsapp_message_id text, p_idempotency_key text, p_ack text, p_at timestamptz
@@ -584,25 +633,34 @@ begin
     where d.whatsapp_message_id = p_whatsapp_message_id
        or (p_idempotency_key is not null and d.idempotency_key = p_idempotency_key)
     for update
+  ), acked as (
+    -- An ack that does not move the state may still refine a time (WhatsApp's clock is the one
+    -- that saw it happen), so sent_at <= delivered_at <= read_at holds whatever arrived first.
+    update public.deliveries d
+    set state = case when t.moves then p_ack else d.state end,
+        whatsapp_message_id = coalesce(d.whatsapp_message_id, p_whatsapp_message_id),
+        sent_at = case when p_ack <> 'failed' then least(coalesce(d.sent_at, p_at), p_at) else d.sent_at end,
+        delivered_at = case when p_ack in ('delivered', 'read') then least(coalesce(d.delivered_at, p_at), p_at)
+                            else d.delivered_at end,
+        read_at = case when p_ack = 'read' then least(coalesce(d.read_at, p_at), p_at) else d.read_at end,
+        failed_at = case when p_ack = 'failed' and t.moves then p_at else d.failed_at end,
+        last_error_code = case when p_ack = 'failed' and t.moves then 'whatsapp_failed' else d.last_error_code end,
+        last_error = case when p_ack = 'failed' and t.moves then 'WhatsApp reported the message as not delivered'
+                          else d.last_error end,
+        lease_expires_at = case when t.moves then null else d.lease_expires_at end
+    from target t
+    where d.id = t.id
+      and (t.moves or (p_ack <> 'failed' and t.state in ('sent', 'delivered', 'read')))
+    returning d.id, d.message_id, d.phone, t.state as previous_state, d.state, t.moves
+  ), facts as (
+    insert into private.number_health_events (number_id, kind, weight, evidence)
+    select private.message_number(m), 'failed_ack', private.health_weight('failed_ack'),
+           jsonb_build_object('phone', a.phone, 'message_id', a.message_id, 'delivery_id', a.id,
+                              'whatsapp_message_id', p_whatsapp_message_id)
+    from acked a join public.messages m on m.id = a.message_id
+    where p_ack = 'failed' and a.moves
   )
-  -- An ack that does not move the state may still refine a time (WhatsApp's clock is the one
-  -- that saw it happen), so sent_at <= delivered_at <= read_at holds whatever arrived first.
-  update public.deliveries d
-  set state = case when t.moves then p_ack else d.state end,
-      whatsapp_message_id = coalesce(d.whatsapp_message_id, p_whatsapp_message_id),
-      sent_at = case when p_ack <> 'failed' then least(coalesce(d.sent_at, p_at), p_at) else d.sent_at end,
-      delivered_at = case when p_ack in ('delivered', 'read') then least(coalesce(d.delivered_at, p_at), p_at)
-                          else d.delivered_at end,
-      read_at = case when p_ack = 'read' then least(coalesce(d.read_at, p_at), p_at) else d.read_at end,
-      failed_at = case when p_ack = 'failed' and t.moves then p_at else d.failed_at end,
-      last_error_code = case when p_ack = 'failed' and t.moves then 'whatsapp_failed' else d.last_error_code end,
-      last_error = case when p_ack = 'failed' and t.moves then 'WhatsApp reported the message as not delivered'
-                        else d.last_error end,
-      lease_expires_at = case when t.moves then null else d.lease_expires_at end
-  from target t
-  where d.id = t.id
-    and (t.moves or (p_ack <> 'failed' and t.state in ('sent', 'delivered', 'read')))
-  returning d.message_id, t.state, d.state;
+  select a.message_id, a.previous_state, a.state from acked a;
 end;
 $$;
 
@@ -625,7 +683,12 @@ as $$
                  else greatest(w.at, (select s.next_send_at from private.senders s where s.sender = p_sender)) end
      from (select min(d.next_attempt_at) as at
            from public.deliveries d join public.messages m on m.id = d.message_id
-           where d.state = 'pending' and m.status = 'sending') w),
+           where d.state = 'pending' and m.status = 'sending'
+             -- A paused or blocked number's work waits for a person (looked up only when one is).
+             and case when exists (select 1 from public.whatsapp_numbers n where n.status in ('paused', 'blocked'))
+                      then private.message_number(m) not in (
+                        select n.id from public.whatsapp_numbers n where n.status in ('paused', 'blocked'))
+                      else true end) w),
     (select min(d.lease_expires_at) from public.deliveries d where d.state = 'sending')
   );
 $$;
@@ -658,6 +721,7 @@ revoke all on function
   private.lock_messages_of(uuid[]),
   private.claim_messages(integer, double precision),
   private.read_claim_request(jsonb),
+  private.ramp_request(private.claim_request),
   private.defer_quiet_hours(private.claim_request),
   private.take_allowance(private.claim_request),
   private.due_messages(private.claim_request, integer),
@@ -673,6 +737,7 @@ grant execute on function
   private.lock_messages_of(uuid[]),
   private.claim_messages(integer, double precision),
   private.read_claim_request(jsonb),
+  private.ramp_request(private.claim_request),
   private.defer_quiet_hours(private.claim_request),
   private.take_allowance(private.claim_request),
   private.due_messages(private.claim_request, integer),

@@ -6,6 +6,8 @@
 --   private.record_reply       one incoming WhatsApp message: stored for the users who wrote to
 --                              the sender lately, and opt-out/opt-in applied to every contact
 --                              with the sender's phone
+--                              (an opt-out is also a health fact of the number it answered:
+--                              20261129000650_whatsapp_numbers)
 --   private.skip_opted_out     deliveries not yet sent to an opted-out phone are skipped
 --                              (last_error_code `opted_out`); the dispatcher's claim skips
 --                              them too, in the statement that would mark them sending
@@ -138,6 +140,17 @@ begin
               'contact', contact.id);
     end loop;
     -- (contacts_skip_after_opt_out skips their unsent deliveries, as for an opt-out by hand)
+    -- A health fact of each number the writers' last message to this phone left from (once per
+    -- WhatsApp message: a repeat keeps nothing new).
+    if kept > 0 then
+      insert into private.number_health_events (number_id, kind, weight, evidence)
+      select n.id, 'opt_out', private.health_weight('opt_out'), jsonb_build_object('phone', p_phone, 'keyword', keyword)
+      from public.whatsapp_numbers n
+      where n.id::text in (
+        select distinct on (l.created_by) l.sender from private.send_ledger l
+        where l.phone = p_phone and l.at >= since
+        order by l.created_by, l.at desc, l.id desc);
+    end if;
   elsif kind = 'opt_in' then
     update public.contacts c
     set opted_out_at = null, opted_out_keyword = null

@@ -16,7 +16,8 @@
 --   message.create | message.update | message.delete | message.schedule | message.pause |
 --   message.resume | message.cancel [message]; contact.delete | contact.opt_out_lifted [contact];
 --   group.delete [group]; profile.role_change [profile]; whatsapp_number.add | .update | .remove |
---   .assign | .unassign | .start | .stop | .restart | .logout [whatsapp_number]; and, through
+--   .assign | .unassign | .start | .stop | .restart | .logout | .pause (by health, no actor) |
+--   .resume [whatsapp_number]; and, through
 --   record_audit, the API's
 --   login_success | login_failure | logout | signup | refresh_token_reuse_detected [user],
 --   contacts.import [contact], report.export [report], message.read_all | contact.read_all |
@@ -299,8 +300,9 @@ create trigger profiles_audit_role_change after update of role on public.profile
 
 -- -----------------------------------------------------------------------------
 -- WhatsApp numbers (20261129000650_whatsapp_numbers): added, changed, removed, assigned and
--- unassigned, and each command requested (start, stop, restart, logout). What the bridges report
--- (status, phone) is not an action. Rows that go with a removed account or number are not either.
+-- unassigned, each command requested (start, stop, restart, logout), a pause by health (the
+-- database's decision: no actor, its reason) and a resume. What the bridges report (status,
+-- phone) is not an action. Rows that go with a removed account or number are not either.
 -- -----------------------------------------------------------------------------
 create or replace function private.audit_whatsapp_number()
 returns trigger
@@ -318,6 +320,12 @@ begin
     if tg_op = 'INSERT' then
       action := 'add';
       details := jsonb_build_object('label', new.label, 'shared', new.shared, 'owner', new.owner_id);
+    elsif tg_op = 'UPDATE' and new.health_reset_at is distinct from old.health_reset_at then
+      action := 'resume';
+      details := jsonb_build_object('status', new.status, 'ramp_until', new.ramp_until);
+    elsif tg_op = 'UPDATE' and new.status = 'paused' and old.status <> 'paused' then
+      action := 'pause';
+      details := jsonb_build_object('from', old.status, 'reason', new.last_error);
     elsif tg_op = 'UPDATE' then
       action := 'update';
       details := jsonb_build_object(
@@ -355,6 +363,10 @@ create trigger whatsapp_numbers_audit after insert or delete on public.whatsapp_
   for each row execute function private.audit_whatsapp_number();
 create trigger whatsapp_numbers_audit_change after update of label, shared on public.whatsapp_numbers
   for each row when ((new.label, new.shared) is distinct from (old.label, old.shared))
+  execute function private.audit_whatsapp_number();
+create trigger whatsapp_numbers_audit_health after update of status, health_reset_at on public.whatsapp_numbers
+  for each row when (new.health_reset_at is distinct from old.health_reset_at
+                     or (new.status = 'paused' and old.status <> 'paused'))
   execute function private.audit_whatsapp_number();
 create trigger whatsapp_number_users_audit after insert or delete on public.whatsapp_number_users
   for each row execute function private.audit_whatsapp_number();

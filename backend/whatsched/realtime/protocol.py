@@ -124,10 +124,12 @@ def progress(message_id: str, sent: int, total: int, failed: int) -> str:
 
 def whatsapp_status(payload: dict[str, Any]) -> str:
     """The guide's shape: qr_code only while the status is qr_needed; number_id (which WhatsApp
-    number) when the event names one."""
+    number) when the event names one; number_status (ours: `paused`) and reason (the evidence)
+    when health paused or a person resumed the number."""
     body: dict[str, Any] = {"type": WHATSAPP_STATUS, "status": payload.get("status")}
     if payload.get("status") == "qr_needed" and payload.get("qr_code") is not None:
         body["qr_code"] = payload["qr_code"]
-    if payload.get("number_id") is not None:
-        body["number_id"] = payload["number_id"]
+    for key in ("number_id", "number_status", "reason"):
+        if payload.get(key) is not None:
+            body[key] = payload[key]
     return dump(body)

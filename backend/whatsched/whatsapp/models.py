@@ -39,6 +39,14 @@ class WhatsAppNumber(BaseModel):
     is_default: bool
     bridge_url: str | None
     user_ids: list[str] = Field(description="Users it is assigned to (a user sees only themselves)")
+    reported_status: NumberStatus | None = Field(
+        description="What the bridge last said, in these words but without a health pause (a resume returns to it)"
+    )
+    health_score: float = Field(
+        description="The decaying sum of what WhatsApp did to the number since its last resume; it is paused"
+        " at HEALTH_PAUSE_SCORE"
+    )
+    ramp_until: UtcDateTime | None = Field(description="Until then, after a resume, it sends at a lower pace")
     status_changed_at: UtcDateTime
     created_at: UtcDateTime
     updated_at: UtcDateTime

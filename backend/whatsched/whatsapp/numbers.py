@@ -27,6 +27,9 @@ NUMBER_JSON = f"""json_build_object(
   'bridge_url', n.bridge_url,
   'user_ids', (select coalesce(json_agg(u.user_id order by u.user_id), '[]'::json)
                from public.whatsapp_number_users u where u.number_id = n.id),
+  'reported_status', n.reported_status,
+  'health_score', round(private.health_score(n.id)::numeric, 3),
+  'ramp_until', {ts("n.ramp_until")},
   'status_changed_at', {ts("n.status_changed_at")},
   'created_at', {ts("n.created_at")},
   'updated_at', {ts("n.updated_at")}
@@ -97,6 +100,16 @@ async def request_action(conn: asyncpg.Connection, number_id: str, action: str) 
     """The queued command (public.request_number_action), as JSON."""
     text: str = await conn.fetchval(
         f"select {COMMAND_JSON}::text from public.request_number_action($1::uuid, $2) c", number_id, action
+    )
+    return text
+
+
+async def resume(conn: asyncpg.Connection, number_id: str) -> str:
+    """The paused number resumed (public.resume_whatsapp_number), as JSON (read after it, so the
+    score's own query sees the reset)."""
+    await conn.execute("select public.resume_whatsapp_number($1::uuid)", number_id)
+    text: str = await conn.fetchval(
+        f"select {NUMBER_JSON}::text from public.whatsapp_numbers n where n.id = $1::uuid", number_id
     )
     return text
 

@@ -43,7 +43,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Health Whatsapp */
+        /**
+         * Health Whatsapp
+         * @description The default number's bridge as it answers; with a token, also the numbers the caller may use
+         *     (admins: every number) as Postgres keeps them.
+         */
         get: operations["health_whatsapp_api_health_whatsapp_get"];
         put?: never;
         post?: never;
@@ -652,6 +656,28 @@ export interface paths {
         get: operations["number_qr_api_whatsapp_numbers__number_id__qr_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/whatsapp/numbers/{number_id}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resume Number
+         * @description Resumes a number its health paused (admins; the owner of a self-service number): its status
+         *     returns to what the bridge last said, its health score starts again from zero, and for
+         *     HEALTH_RAMP_HOURS it sends at a lower pace. 409 number_not_paused when it is not paused.
+         */
+        post: operations["resume_number_api_whatsapp_numbers__number_id__resume_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2110,6 +2136,21 @@ export interface components {
              * @description Users it is assigned to (a user sees only themselves)
              */
             user_ids: string[];
+            /**
+             * Reported Status
+             * @description What the bridge last said, in these words but without a health pause (a resume returns to it)
+             */
+            reported_status: ("stopped" | "starting" | "qr_needed" | "connected" | "failed" | "paused" | "blocked") | null;
+            /**
+             * Health Score
+             * @description The decaying sum of what WhatsApp did to the number since its last resume; it is paused at HEALTH_PAUSE_SCORE
+             */
+            health_score: number;
+            /**
+             * Ramp Until
+             * @description Until then, after a resume, it sends at a lower pace
+             */
+            ramp_until: string | null;
             /** Status Changed At */
             status_changed_at: string;
             /** Created At */
@@ -4731,6 +4772,73 @@ export interface operations {
             };
             /** @description Not Found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    resume_number_api_whatsapp_numbers__number_id__resume_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhatsAppNumber"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -625,6 +625,7 @@ export type Database = {
         Row: {
           bridge_url: string | null
           created_at: string
+          health_reset_at: string | null
           id: string
           is_default: boolean
           label: string
@@ -632,7 +633,9 @@ export type Database = {
           last_error: string | null
           owner_id: string | null
           phone: string | null
+          ramp_until: string | null
           raw_state: string | null
+          reported_status: string | null
           shared: boolean
           status: string
           status_changed_at: string
@@ -641,6 +644,7 @@ export type Database = {
         Insert: {
           bridge_url?: string | null
           created_at?: string
+          health_reset_at?: string | null
           id?: string
           is_default?: boolean
           label: string
@@ -648,7 +652,9 @@ export type Database = {
           last_error?: string | null
           owner_id?: string | null
           phone?: string | null
+          ramp_until?: string | null
           raw_state?: string | null
+          reported_status?: string | null
           shared?: boolean
           status?: string
           status_changed_at?: string
@@ -657,6 +663,7 @@ export type Database = {
         Update: {
           bridge_url?: string | null
           created_at?: string
+          health_reset_at?: string | null
           id?: string
           is_default?: boolean
           label?: string
@@ -664,7 +671,9 @@ export type Database = {
           last_error?: string | null
           owner_id?: string | null
           phone?: string | null
+          ramp_until?: string | null
           raw_state?: string | null
+          reported_status?: string | null
           shared?: boolean
           status?: string
           status_changed_at?: string
@@ -682,6 +691,7 @@ export type Database = {
         Returns: {
           bridge_url: string | null
           created_at: string
+          health_reset_at: string | null
           id: string
           is_default: boolean
           label: string
@@ -689,7 +699,9 @@ export type Database = {
           last_error: string | null
           owner_id: string | null
           phone: string | null
+          ramp_until: string | null
           raw_state: string | null
+          reported_status: string | null
           shared: boolean
           status: string
           status_changed_at: string
@@ -814,6 +826,7 @@ export type Database = {
         Returns: {
           bridge_url: string | null
           created_at: string
+          health_reset_at: string | null
           id: string
           is_default: boolean
           label: string
@@ -821,7 +834,9 @@ export type Database = {
           last_error: string | null
           owner_id: string | null
           phone: string | null
+          ramp_until: string | null
           raw_state: string | null
+          reported_status: string | null
           shared: boolean
           status: string
           status_changed_at: string
@@ -881,6 +896,34 @@ export type Database = {
           isSetofReturn: false
         }
       }
+      resume_whatsapp_number: {
+        Args: { p_number_id: string }
+        Returns: {
+          bridge_url: string | null
+          created_at: string
+          health_reset_at: string | null
+          id: string
+          is_default: boolean
+          label: string
+          last_disconnect_reason: string | null
+          last_error: string | null
+          owner_id: string | null
+          phone: string | null
+          ramp_until: string | null
+          raw_state: string | null
+          reported_status: string | null
+          shared: boolean
+          status: string
+          status_changed_at: string
+          updated_at: string
+        }
+        SetofOptions: {
+          from: "*"
+          to: "whatsapp_numbers"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
       schedule_message: {
         Args: { p_message_id: string; p_scheduled_for?: string }
         Returns: {
@@ -919,6 +962,7 @@ export type Database = {
         Returns: {
           bridge_url: string | null
           created_at: string
+          health_reset_at: string | null
           id: string
           is_default: boolean
           label: string
@@ -926,7 +970,9 @@ export type Database = {
           last_error: string | null
           owner_id: string | null
           phone: string | null
+          ramp_until: string | null
           raw_state: string | null
+          reported_status: string | null
           shared: boolean
           status: string
           status_changed_at: string

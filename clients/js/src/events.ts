@@ -57,6 +57,10 @@ export interface WhatsAppStatus {
   qr_code?: string | null;
   /** Which WhatsApp number (GET /api/whatsapp/numbers) the status is of. */
   number_id?: string;
+  /** The number's own status, when its health paused it (`paused`) or a person resumed it. */
+  number_status?: "stopped" | "starting" | "qr_needed" | "connected" | "failed" | "paused" | "blocked";
+  /** Why health paused it: the facts counted and the latest one. */
+  reason?: string;
 }
 
 export interface ReplyEvent {

@@ -1,5 +1,5 @@
 """The WhatsApp numbers API: list, add, change, remove, assign to users, act on (start, stop,
-restart, log out) and read a number's QR code.
+restart, log out), resume one its health paused, and read a number's QR code.
 
 Each route calls the database's function for it (whatsched.whatsapp.numbers), in the caller's
 transaction, so a supabase-js caller meets the same rules: a number the caller may not use is a 404
@@ -99,6 +99,14 @@ async def number_qr(number_id: UUID, conn: UserConn) -> Response:
     qr, status = await numbers.qr_code(conn, str(number_id))
     answer = NumberQr.model_validate({"number_id": str(number_id), "status": status, "qr_code": qr})
     return _json(answer.model_dump_json())
+
+
+@router.post("/{number_id}/resume", response_model=WhatsAppNumber, responses=responses(401, 403, 404, 409, 422))
+async def resume_number(number_id: UUID, conn: UserConn) -> Response:
+    """Resumes a number its health paused (admins; the owner of a self-service number): its status
+    returns to what the bridge last said, its health score starts again from zero, and for
+    HEALTH_RAMP_HOURS it sends at a lower pace. 409 number_not_paused when it is not paused."""
+    return _json(await numbers.resume(conn, str(number_id)))
 
 
 @router.post(
