@@ -162,7 +162,8 @@ class BridgeProcess:
 
 class WorkerProcess:
     """`python -m whatsched.cli worker` against a database and a bridge. Careful sending is off
-    unless asked for (spacing 0, no caps, no quiet hours); any setting can be overridden."""
+    unless asked for (spacing 0, no caps, no quiet hours), and so is the watch's ack rule; any
+    setting can be overridden."""
 
     def __init__(
         self,
@@ -186,6 +187,9 @@ class WorkerProcess:
             "SEND_HOURLY_CAP": "0",
             "SEND_DAILY_CAP": "0",
             "QUIET_HOURS": "",
+            # These bridges post no events unless a test wires them, so no ack reaches Postgres:
+            # the watch's ack rule would take every number for frozen (tests that wire acks set it).
+            "NUMBER_FROZEN_ACK_S": "0",
             "PYTHONUNBUFFERED": "1",
             **env,
         }
@@ -367,3 +371,16 @@ def sent_for(outbox: list[dict[str, Any]], message: uuid.UUID) -> list[dict[str,
     """The outbox entries of one message (its idempotency keys are "<message id>:<phone>")."""
     prefix = f"{message}:"
     return [m for m in outbox if str(m.get("idempotency_key") or "").startswith(prefix)]
+
+
+async def heal_default_number(admin: asyncpg.Connection) -> None:
+    """Tests that report a flapping or lost default number get it paused or blocked by the health
+    rule (as they should): hand the next test a healthy default number, as an admin's resume and a
+    reconnect would, without its ramp."""
+    await admin.execute(
+        """with d as (select id from public.whatsapp_numbers where is_default)
+           update public.whatsapp_numbers n
+           set status = 'connected', reported_status = 'connected', raw_state = null, last_error = null,
+               health_reset_at = now(), ramp_until = null
+           from d where n.id = d.id"""
+    )

@@ -87,6 +87,27 @@ async def admin(prepared: Prepared) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+async def healthy_default_number(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Each test module leaves the default WhatsApp number healthy for the next: tests that report
+    disconnects or refusals pause it by the health rule (as they should), and the next module's
+    campaigns would then wait for a person. Only modules that used the database."""
+    yield
+    used = any(
+        item.module is request.module and "prepared" in getattr(item, "fixturenames", ())
+        for item in request.session.items
+    )
+    if used:
+        from bridge_process import heal_default_number
+
+        prepared: Prepared = request.getfixturevalue("prepared")
+        conn = await asyncpg.connect(prepared.admin_url)
+        try:
+            await heal_default_number(conn)
+        finally:
+            await conn.close()
+
+
 @pytest.fixture(scope="module")
 async def owner_conn(prepared: Prepared) -> AsyncIterator[asyncpg.Connection]:
     """The schema suites' superuser connection (the migrations' owner), one per test module."""

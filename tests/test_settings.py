@@ -48,7 +48,10 @@ def test_sections_read_their_documented_names(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("DISPATCH_LANES", "3")
     monkeypatch.setenv("SEND_WARMUP_DAYS", "7")
     monkeypatch.setenv("SEND_DAILY_CAP", "12")
+    monkeypatch.setenv("NUMBER_MEMORY_CAP_MB", "800")
+    monkeypatch.setenv("NUMBER_MAX_RESTARTS_PER_HOUR", "5")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.realtime.ws_send_queue == 64
     assert (settings.dispatch.lanes, settings.dispatch.warmup_days) == (3, 7)
+    assert (settings.dispatch.memory_cap_mb, settings.dispatch.max_restarts_per_hour) == (800, 5)
     assert settings.send_daily_cap == 12

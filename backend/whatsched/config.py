@@ -53,6 +53,27 @@ class DispatchSettings(BaseSettings):
     housekeeping_s: float = Field(default=15.0, gt=0)
     # Warm-up for a new WhatsApp number: the daily cap ramps up over this many days (0 = off).
     warmup_days: int = Field(default=0, ge=0, validation_alias=AliasChoices("SEND_WARMUP_DAYS", "warmup_days"))
+    # The watch (dispatcher.watch, each housekeeping round): a connected number is restarted when a
+    # send waits NUMBER_FROZEN_ACK_S for a delivered ack while newer sends wait too, when its raw
+    # state stays OPENING/TIMEOUT for NUMBER_FROZEN_STATE_S, or when its bridge's RSS passes
+    # NUMBER_MEMORY_CAP_MB (at a quiet moment); 0 turns a rule off. At most
+    # NUMBER_MAX_RESTARTS_PER_HOUR automatic restarts per number, NUMBER_RESTART_BACKOFF_S apart,
+    # doubling with each one in the hour.
+    frozen_ack_s: float = Field(
+        default=600.0, ge=0, validation_alias=AliasChoices("NUMBER_FROZEN_ACK_S", "frozen_ack_s")
+    )
+    frozen_state_s: float = Field(
+        default=120.0, ge=0, validation_alias=AliasChoices("NUMBER_FROZEN_STATE_S", "frozen_state_s")
+    )
+    memory_cap_mb: float = Field(
+        default=1500.0, ge=0, validation_alias=AliasChoices("NUMBER_MEMORY_CAP_MB", "memory_cap_mb")
+    )
+    max_restarts_per_hour: int = Field(
+        default=3, ge=0, validation_alias=AliasChoices("NUMBER_MAX_RESTARTS_PER_HOUR", "max_restarts_per_hour")
+    )
+    restart_backoff_s: float = Field(
+        default=60.0, ge=0, validation_alias=AliasChoices("NUMBER_RESTART_BACKOFF_S", "restart_backoff_s")
+    )
 
     @property
     def bridge_call_timeout_s(self) -> float:

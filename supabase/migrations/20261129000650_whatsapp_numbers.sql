@@ -22,6 +22,14 @@
 --                                    affected messages and every admin told, whatsapp_status sent)
 --   public.resume_whatsapp_number    a person resumes it: back to what the bridge last said, the
 --                                    score reset, a ramp of lower pace for health_ramp_hours
+--   private.number_watch             what a worker last read from each bridge's GET /status
+--                                    (status, raw state and since when, rss_bytes)
+--   private.observe_bridges          keeps those readings
+--   private.frozen_numbers           the numbers to restart and why: sends unacknowledged past a
+--                                    limit, a raw state stuck in OPENING/TIMEOUT, memory over a cap
+--                                    at a quiet moment; never paused, blocked or stopped ones
+--   private.restart_watched_numbers  queues their `restart` commands (requested_by null, a reason),
+--                                    with backoff and an hourly limit, telling admins at the limit
 --
 -- Who may do what: a user sees and uses the shared numbers, the ones assigned to them and (with
 -- SELF_SERVICE_NUMBERS) their own; admins see and manage all. Admins add, change, assign, act on
@@ -91,6 +99,8 @@ create table public.whatsapp_number_commands (
   number_id uuid not null references public.whatsapp_numbers (id) on delete cascade,
   action text not null check (action in ('start', 'stop', 'restart', 'logout')),
   requested_by uuid references auth.users (id) on delete set null,
+  -- Why, when nobody asked: the watch's automatic restart of a frozen or bloated number.
+  reason text check (char_length(reason) <= 2000),
   requested_at timestamptz not null default now(),
   claimed_by text check (char_length(claimed_by) <= 200),
   claimed_at timestamptz,
@@ -748,6 +758,201 @@ as $$
 $$;
 
 -- -----------------------------------------------------------------------------
+-- Watched: a frozen or bloated number is restarted (the worker's housekeeping reads each bridge's
+-- GET /status, keeps it here, and asks which numbers to restart; the rules are these functions)
+-- -----------------------------------------------------------------------------
+
+-- What a worker last read from a number's bridge. raw_state_since: when the bridge's (status,
+-- raw state) pair was first seen as it is now. limit_told_at: when admins were last told that
+-- the hourly limit held a restart back (once an hour at most).
+create table private.number_watch (
+  number_id uuid primary key references public.whatsapp_numbers (id) on delete cascade,
+  status text check (char_length(status) <= 100),
+  raw_state text check (char_length(raw_state) <= 100),
+  raw_state_since timestamptz not null default now(),
+  rss_bytes bigint check (rss_bytes >= 0),
+  observed_at timestamptz not null default now(),
+  limit_told_at timestamptz
+);
+
+grant select, insert, update, delete on private.number_watch to service_role;
+
+-- Keep the readings, a JSON array of {number_id, status, raw_state, rss_bytes} (unknown ids are
+-- ignored: a number removed meanwhile).
+create or replace function private.observe_bridges(p_observed jsonb)
+returns void
+language sql
+set search_path = ''
+as $$
+  insert into private.number_watch as w (number_id, status, raw_state, rss_bytes)
+  select n.id, left(o ->> 'status', 100), left(o ->> 'raw_state', 100), round((o ->> 'rss_bytes')::numeric)::bigint
+  from jsonb_array_elements(coalesce(p_observed, '[]'::jsonb)) o
+  join public.whatsapp_numbers n on n.id = (o ->> 'number_id')::uuid
+  on conflict (number_id) do update
+  set raw_state_since = case when (w.status, w.raw_state) is not distinct from (excluded.status, excluded.raw_state)
+                             then w.raw_state_since else now() end,
+      status = excluded.status, raw_state = excluded.raw_state, rss_bytes = excluded.rss_bytes,
+      observed_at = now();
+$$;
+
+-- Which of p_numbers (the ones just observed) to restart, and why; one row per number, its most
+-- telling reason first. A person's states are left alone: paused (health), blocked (WhatsApp's
+-- ban, an unpairing) and stopped are never restarted automatically. Time counts from the later
+-- of the sighting and the number's last restart or start, so a restart is given its chance.
+--   frozen_state     connected, and the bridge's raw state has been OPENING or TIMEOUT for p_state_s
+--   unacknowledged   connected, a send of it has waited p_ack_s for a delivered or read ack, a
+--                    newer send waits too, and no ack has arrived since the first of them
+--   memory           the bridge's rss_bytes is over p_memory_cap_mb and none of its deliveries is
+--                    `sending` (a quiet moment)
+-- A limit of 0 turns its rule off.
+create or replace function private.frozen_numbers(
+  p_numbers uuid[], p_ack_s double precision, p_state_s double precision, p_memory_cap_mb double precision
+)
+returns table (number_id uuid, reason text, evidence jsonb)
+language sql
+stable
+set search_path = ''
+as $$
+  with watched as (
+    select n.id, n.status, w.status as bridge_status, w.raw_state, w.rss_bytes,
+           greatest(w.raw_state_since, r.done_at) as state_since,
+           greatest(n.status_changed_at, r.done_at) as sends_since
+    from public.whatsapp_numbers n
+    join private.number_watch w on w.number_id = n.id
+    cross join lateral (
+      select max(c.done_at) as done_at from public.whatsapp_number_commands c
+      where c.number_id = n.id and c.action in ('restart', 'start') and c.done_at is not null
+    ) r
+    where n.id = any(p_numbers) and n.status not in ('paused', 'blocked', 'stopped')
+  ),
+  sends as (
+    -- The connected numbers' sends since they (re)connected, at most ten limits back.
+    select w.id, d.state, d.sent_at, least(d.delivered_at, d.read_at) as acked_at,
+           d.delivered_at is null and d.read_at is null and d.state = 'sent' as waiting
+    from watched w
+    join public.deliveries d
+      on d.sent_at >= greatest(w.sends_since, now() - make_interval(secs => 10 * p_ack_s))
+    join public.messages m on m.id = d.message_id
+    where p_ack_s > 0 and w.status = 'connected' and private.message_number(m) = w.id
+  ),
+  unacked as (
+    select s.id, o.oldest,
+           count(*) filter (where s.waiting and s.sent_at >= o.oldest) as waiting,
+           count(*) filter (where s.acked_at >= o.oldest) as acked_since
+    from sends s
+    join (select s2.id, min(s2.sent_at) as oldest from sends s2
+          where s2.waiting and s2.sent_at <= now() - make_interval(secs => p_ack_s)
+          group by s2.id) o on o.id = s.id
+    group by s.id, o.oldest
+  ),
+  found as (
+    select w.id, 1 as rank, 'frozen_state' as reason,
+           jsonb_build_object('raw_state', w.raw_state, 'since', w.state_since,
+                              'seconds', round(extract(epoch from now() - w.state_since)), 'limit_s', p_state_s) as evidence
+    from watched w
+    where p_state_s > 0 and w.status = 'connected' and w.bridge_status = 'connected'
+      and upper(w.raw_state) in ('OPENING', 'TIMEOUT')
+      and w.state_since <= now() - make_interval(secs => p_state_s)
+    union all
+    select u.id, 2, 'unacknowledged',
+           jsonb_build_object('unacknowledged', u.waiting, 'oldest_sent_at', u.oldest, 'limit_s', p_ack_s)
+    from unacked u
+    where u.waiting >= 2 and u.acked_since = 0
+    union all
+    select w.id, 3, 'memory',
+           jsonb_build_object('rss_mb', round(w.rss_bytes / 1048576.0), 'cap_mb', p_memory_cap_mb)
+    from watched w
+    where p_memory_cap_mb > 0 and w.rss_bytes > p_memory_cap_mb * 1048576
+      and not exists (
+        select 1 from public.deliveries d join public.messages m on m.id = d.message_id
+        where d.state = 'sending' and private.message_number(m) = w.id)
+  )
+  select distinct on (f.id) f.id, f.reason, f.evidence from found f order by f.id, f.rank;
+$$;
+
+-- Queue a `restart` for each number private.frozen_numbers names (requested_by null, the reason
+-- written out; audited as whatsapp_number.restart like a person's, and the workers woken), unless
+-- a command of that number is still open, the backoff since the last automatic restart has not
+-- passed (p_backoff_s, doubling with each one in the hour) or p_max_per_hour automatic restarts
+-- happened in the last hour: then admins (and a self-service number's owner) are told, once an
+-- hour. Returns every number named, with its command or why it was held back (held).
+create or replace function private.restart_watched_numbers(
+  p_numbers uuid[],
+  p_ack_s double precision,
+  p_state_s double precision,
+  p_memory_cap_mb double precision,
+  p_max_per_hour integer,
+  p_backoff_s double precision
+)
+returns table (number_id uuid, reason text, command_id uuid, held text)
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  f record;
+  n public.whatsapp_numbers;
+  recent integer;
+  last_at timestamptz;
+  why text;
+  queued uuid;
+begin
+  for f in select * from private.frozen_numbers(p_numbers, p_ack_s, p_state_s, p_memory_cap_mb) loop
+    -- One worker decides for a number at a time; the second sees the first's command.
+    select * into n from public.whatsapp_numbers w where w.id = f.number_id for update;
+    if not found or n.status in ('paused', 'blocked', 'stopped') then
+      continue;
+    end if;
+    why := case f.reason
+      when 'frozen_state' then format('raw state %s for %s s (limit %s s)', f.evidence ->> 'raw_state',
+                                      f.evidence ->> 'seconds', f.evidence ->> 'limit_s')
+      when 'unacknowledged' then format('%s sends without a delivered ack since %s (limit %s s)',
+                                        f.evidence ->> 'unacknowledged', f.evidence ->> 'oldest_sent_at',
+                                        f.evidence ->> 'limit_s')
+      else format('memory %s MB over the cap of %s MB', f.evidence ->> 'rss_mb', f.evidence ->> 'cap_mb')
+    end;
+    if exists (select 1 from public.whatsapp_number_commands c where c.number_id = n.id and c.done_at is null) then
+      number_id := n.id; reason := f.reason; command_id := null; held := 'command_open';
+      return next;
+      continue;
+    end if;
+    select count(*), max(c.requested_at) into recent, last_at
+    from public.whatsapp_number_commands c
+    where c.number_id = n.id and c.action = 'restart' and c.requested_by is null and c.reason is not null
+      and c.requested_at > now() - interval '1 hour';
+    if recent >= p_max_per_hour then
+      update private.number_watch w set limit_told_at = now()
+      where w.number_id = n.id and (w.limit_told_at is null or w.limit_told_at < now() - interval '1 hour');
+      if found then
+        insert into public.notifications (user_id, type, title, message)
+        select u.id, 'error', 'Número de WhatsApp sin reinicio automático',
+               left(format('El número %s%s necesita reiniciarse (%s: %s), pero ya se reinició solo %s veces en la '
+                           'última hora, el límite. No se reiniciará solo hasta que pase la hora: revísalo y '
+                           'reinícialo o detenlo a mano.',
+                           n.label, coalesce(' (' || n.phone || ')', ''), f.reason, why, recent), 2000)
+        from (select p.id from public.profiles p where p.role = 'admin'
+              union select n.owner_id where n.owner_id is not null) u;
+      end if;
+      number_id := n.id; reason := f.reason; command_id := null; held := 'hourly_limit';
+      return next;
+      continue;
+    end if;
+    if last_at is not null and last_at > now() - make_interval(secs => p_backoff_s * power(2, recent - 1)) then
+      number_id := n.id; reason := f.reason; command_id := null; held := 'backoff';
+      return next;
+      continue;
+    end if;
+    insert into public.whatsapp_number_commands (number_id, action, requested_by, reason)
+    values (n.id, 'restart', null, left(f.reason || ': ' || why, 2000))
+    returning id into queued;
+    perform pg_notify('whatsched_number_commands', queued::text);
+    number_id := n.id; reason := f.reason; command_id := queued; held := null;
+    return next;
+  end loop;
+end;
+$$;
+
+-- -----------------------------------------------------------------------------
 -- Grants
 -- -----------------------------------------------------------------------------
 
@@ -762,7 +967,9 @@ revoke all on function
   private.record_number_status(uuid, text, text, text, text, text), private.claim_number_command(text),
   private.finish_number_command(uuid, text, text),
   private.health_weight(text), private.health_score(uuid), private.judge_health(),
-  public.resume_whatsapp_number(uuid)
+  public.resume_whatsapp_number(uuid),
+  private.observe_bridges(jsonb), private.frozen_numbers(uuid[], double precision, double precision, double precision),
+  private.restart_watched_numbers(uuid[], double precision, double precision, double precision, integer, double precision)
   from public, anon, authenticated;
 grant execute on function
   private.can_use_number(uuid), private.message_number(public.messages), private.managed_number(uuid),
@@ -775,5 +982,7 @@ grant execute on function
 grant execute on function
   private.reported_number(uuid), private.register_bridge(uuid, text), private.number_status(text, text, text, text),
   private.record_number_status(uuid, text, text, text, text, text), private.claim_number_command(text),
-  private.finish_number_command(uuid, text, text), private.health_weight(text)
+  private.finish_number_command(uuid, text, text), private.health_weight(text),
+  private.observe_bridges(jsonb), private.frozen_numbers(uuid[], double precision, double precision, double precision),
+  private.restart_watched_numbers(uuid[], double precision, double precision, double precision, integer, double precision)
   to service_role;

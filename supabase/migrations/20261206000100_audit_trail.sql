@@ -350,7 +350,8 @@ begin
   else
     number_id := new.number_id;
     action := new.action;
-    details := jsonb_build_object('command_id', new.id);
+    -- An automatic restart (the watch's) has no actor and says why.
+    details := jsonb_build_object('command_id', new.id, 'reason', new.reason);
   end if;
   perform private.write_audit(
     (select auth.uid()), 'whatsapp_number.' || action, 'whatsapp_number', array[number_id::text],

@@ -4,7 +4,8 @@ A round runs `lanes` concurrent claim → send → complete loops until no work 
 worker sleeps exactly until the next due time (private.next_wake_at) or a NOTIFY on
 'whatsched_dispatch' (a message scheduled or resumed), whichever comes first. There is no
 fixed poll: APScheduler only runs housekeeping (the rescue sweep, a wake-up if anything is
-overdue, pending number commands, pacing-count pruning), and correctness never depends on it.
+overdue, pending number commands, the watch that restarts a frozen or bloated number,
+pacing-count pruning), and correctness never depends on it.
 
 Each round reads the numbers with a bridge from Postgres (dispatcher.numbers) and claims per
 number: a delivery leaves from its message's number, through that number's bridge, paced as
@@ -37,7 +38,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from whatsched.config import DispatchSettings, Settings
 from whatsched.db.errors import DATABASE_ERRORS
-from whatsched.dispatcher import claim, complete, deliver, fail, numbers, rescue
+from whatsched.dispatcher import claim, complete, deliver, fail, numbers, rescue, watch
 from whatsched.dispatcher.deliver import Refused
 from whatsched.dispatcher.fail import Failures, RetryPolicy
 from whatsched.dispatcher.numbers import Bridges, Number
@@ -77,6 +78,7 @@ class Worker:
         self.retry = RetryPolicy(self.dispatch.max_attempts, self.dispatch.retry_base_s, self.dispatch.retry_max_s)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self.bridges = Bridges(settings.bridge_token, self.dispatch.bridge_call_timeout_s)
+        self.watch_limits = watch.Limits.from_settings(self.dispatch)
         self.numbers: list[Number] = []
         self._commands = asyncio.Event()
         self._wake = asyncio.Event()
@@ -104,6 +106,7 @@ class Worker:
         every = {"max_instances": 1, "coalesce": True}
         scheduler.add_job(self._housekeeping, "interval", seconds=self.dispatch.housekeeping_s, **every)
         scheduler.add_job(self._run_commands, "interval", seconds=self.dispatch.housekeeping_s, **every)
+        scheduler.add_job(self._watch, "interval", seconds=self.dispatch.housekeeping_s, **every)
         scheduler.add_job(self._prune, "interval", hours=1, **every)
         log.info(
             "worker %s: default number's bridge %s, %s lane(s) of up to %s, pacing %s (per number)",
@@ -280,6 +283,21 @@ class Worker:
                 await numbers.run_commands(self._house, self.id, self.numbers, self.bridges)
             except RECOVERABLE as exc:
                 log.warning("worker %s: number commands failed: %s", self.id, _describe(exc))
+
+    async def _watch(self) -> None:
+        """Restart a frozen or bloated number (dispatcher.watch): queued as a command, run next."""
+        if self._house is None:
+            return
+        async with self._house_lock:
+            try:
+                listed = await numbers.sending(self._house, self.settings.effective_bridge_url)
+                decided = await watch.watch(self._house, listed, self.bridges, self.watch_limits)
+            except RECOVERABLE as exc:
+                log.warning("worker %s: watching the numbers failed: %s", self.id, _describe(exc))
+                return
+        if any(d.command_id for d in decided):
+            self._commands.set()
+            self._wake.set()
 
     async def _prune(self) -> None:
         if self._house is None:
