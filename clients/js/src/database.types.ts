@@ -557,6 +557,7 @@ export type Database = {
           error: string | null
           id: string
           number_id: string
+          reason: string | null
           requested_at: string
           requested_by: string | null
           result: string | null
@@ -569,6 +570,7 @@ export type Database = {
           error?: string | null
           id?: string
           number_id: string
+          reason?: string | null
           requested_at?: string
           requested_by?: string | null
           result?: string | null
@@ -581,6 +583,7 @@ export type Database = {
           error?: string | null
           id?: string
           number_id?: string
+          reason?: string | null
           requested_at?: string
           requested_by?: string | null
           result?: string | null
@@ -860,6 +863,7 @@ export type Database = {
           error: string | null
           id: string
           number_id: string
+          reason: string | null
           requested_at: string
           requested_by: string | null
           result: string | null
