@@ -867,10 +867,13 @@ immutable
 parallel safe
 set search_path = ''
 as $$
-  select coalesce(array_agg(case when u.plain then u.raw else (private.contact_name(u.raw)).name end order by u.i), '{}'),
-         coalesce(array_agg(case when u.plain then null else (private.contact_name(u.raw)).problem end order by u.i), '{}')
+  -- contact_name runs once per name that needs it (a composite's two fields read in the select
+  -- list would call it twice).
+  select coalesce(array_agg(case when u.plain then u.raw else c.name end order by u.i), '{}'),
+         coalesce(array_agg(case when u.plain then null else c.problem end order by u.i), '{}')
   from (select r.raw, r.i, coalesce(private.plain_name(r.raw), false) as plain
-        from unnest(p_raw) with ordinality as r (raw, i)) as u;
+        from unnest(p_raw) with ordinality as r (raw, i)) as u
+  left join lateral (select * from private.contact_name(u.raw) where not u.plain) as c on true;
 $$;
 
 create or replace function private.refuse_field(p_field text, p_problem text)
