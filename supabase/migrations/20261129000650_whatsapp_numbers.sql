@@ -282,7 +282,7 @@ immutable
 set search_path = ''
 as $$
 declare
-  checked record := private.clean_name(p_raw, 100, true);
+  checked record := private.group_name(p_raw);
 begin
   if checked.problem is not null then
     perform private.refuse_field('label', checked.problem);

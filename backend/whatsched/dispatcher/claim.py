@@ -16,6 +16,10 @@ from whatsched.dispatcher.pacing import Pacing
 START = "select count(*)::integer from private.claim_messages($1, $2)"
 CLAIM = "select id, message_id, phone, idempotency_key, body, attempts from private.claim_deliveries($1::jsonb)"
 NEXT_WAKE = "select extract(epoch from private.next_wake_at($1, $2) - clock_timestamp())::float8"
+# The earliest over several numbers' pacing keys, in one round trip.
+NEXT_WAKE_ANY = (
+    "select extract(epoch from min(private.next_wake_at(s, $2)) - clock_timestamp())::float8 from unnest($1::text[]) s"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +67,9 @@ async def seconds_until_next(conn: asyncpg.Connection, senders: list[str] | None
     `senders` (the numbers' pacing keys) add the earliest of their next_send_at (spacing or a
     full cap) to pending work; scheduled messages count from `ahead_s` before their time, when
     they are started."""
-    if not senders:
-        value: float | None = await conn.fetchval(NEXT_WAKE, None, ahead_s)
-        return value
-    waits = [await conn.fetchval(NEXT_WAKE, sender, ahead_s) for sender in senders]
-    known = [w for w in waits if w is not None]
-    return min(known) if known else None
+    value: float | None = (
+        await conn.fetchval(NEXT_WAKE_ANY, senders, ahead_s)
+        if senders
+        else await conn.fetchval(NEXT_WAKE, None, ahead_s)
+    )
+    return value

@@ -19,6 +19,8 @@ import asyncpg
 from whatsched.dispatcher import complete
 
 OVERDUE = "select coalesce(private.next_wake_at($1, $2) <= now(), false)"
+# Over several numbers' pacing keys, in one round trip.
+OVERDUE_ANY = "select coalesce(bool_or(private.next_wake_at(s, $2) <= now()), false) from unnest($1::text[]) s"
 PRUNE = "delete from private.sender_usage where minute < now() - interval '2 days'"
 PRUNE_LEDGER = (
     "delete from private.send_ledger"
@@ -32,11 +34,10 @@ async def sweep(conn: asyncpg.Connection) -> list[complete.Finished]:
 
 
 async def overdue(conn: asyncpg.Connection, senders: list[str] | None, ahead_s: float) -> bool:
-    keys: list[str | None] = list(senders) if senders else [None]
-    for sender in keys:
-        if await conn.fetchval(OVERDUE, sender, ahead_s):
-            return True
-    return False
+    due: bool = (
+        await conn.fetchval(OVERDUE_ANY, senders, ahead_s) if senders else await conn.fetchval(OVERDUE, None, ahead_s)
+    )
+    return due
 
 
 async def prune_usage(conn: asyncpg.Connection) -> int:
