@@ -218,7 +218,7 @@ async def test_a_failed_ack_and_an_opt_out_are_facts_of_the_number_they_concern(
     (fact,) = await facts(admin, number)
     assert (fact["kind"], fact["weight"], json.loads(fact["evidence"])["phone"]) == ("failed_ack", 0.5, phone_b)
 
-    # An opt-out counts against the number of the owner's last message to that phone; a reply does not.
+    # An opt-out counts against the number it reached; a reply does not.
     await admin.execute(
         "insert into private.send_ledger (created_by, sender, phone, message_id) values ($1, $2, $3, $4::uuid)",
         owner,
@@ -226,11 +226,15 @@ async def test_a_failed_ack_and_an_opt_out_are_facts_of_the_number_they_concern(
         phone_a,
         message,
     )
-    await as_service(admin, "select private.record_reply($1, 'gracias', $2, now())", phone_a, uuid.uuid4().hex)
+    await as_service(
+        admin, "select private.record_reply($1, 'gracias', $2, now(), $3::uuid)", phone_a, uuid.uuid4().hex, number
+    )
     assert len(await facts(admin, number)) == 1
     repeated = uuid.uuid4().hex
     for _ in range(2):  # a repeated WhatsApp message is one fact
-        await as_service(admin, "select private.record_reply($1, 'STOP', $2, now())", phone_a, repeated)
+        await as_service(
+            admin, "select private.record_reply($1, 'STOP', $2, now(), $3::uuid)", phone_a, repeated, number
+        )
     (opt_out,) = await facts(admin, number, "opt_out")
     assert (opt_out["weight"], json.loads(opt_out["evidence"])) == (0.5, {"phone": phone_a, "keyword": "STOP"})
     assert (await number_row(admin, number))["status"] == "connected"  # 1.0 < 2.5

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
     health_weight_failed_ack: float = Field(default=0.5, ge=0)
     health_weight_disconnect: float = Field(default=1, ge=0)
     health_weight_opt_out: float = Field(default=0.5, ge=0)
+    # Silence: of a number's first messages to new contacts over a day (each at least
+    # HEALTH_UNANSWERED_WAIT_HOURS old, at least HEALTH_UNANSWERED_MIN of them), this share or
+    # more unanswered is one fact of HEALTH_WEIGHT_UNANSWERED an hour.
+    health_weight_unanswered: float = Field(default=1, ge=0)
+    health_unanswered_share: float = Field(default=0.8, gt=0, le=1)
+    health_unanswered_min: int = Field(default=20, ge=1)
+    health_unanswered_wait_hours: float = Field(default=6, ge=0)
     health_ramp_hours: float = Field(default=24, ge=0)
     health_ramp_share: float = Field(default=0.25, gt=0, le=1)
 

@@ -25,7 +25,9 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
         " spam_word_limit = $7, reply_window_days = $8, self_service_numbers = $9,"
         " health_half_life_minutes = $10, health_pause_score = $11, health_weight_restricted = $12,"
         " health_weight_failed_ack = $13, health_weight_disconnect = $14, health_weight_opt_out = $15,"
-        " health_ramp_hours = $16, health_ramp_share = $17, updated_at = now() where id",
+        " health_ramp_hours = $16, health_ramp_share = $17, health_weight_unanswered = $18,"
+        " health_unanswered_share = $19, health_unanswered_min = $20, health_unanswered_wait_hours = $21,"
+        " updated_at = now() where id",
         settings.send_daily_cap,
         settings.schedule_per_minute,
         settings.group_create_per_minute,
@@ -43,6 +45,10 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
         settings.health_weight_opt_out,
         settings.health_ramp_hours,
         settings.health_ramp_share,
+        settings.health_weight_unanswered,
+        settings.health_unanswered_share,
+        settings.health_unanswered_min,
+        settings.health_unanswered_wait_hours,
     )
     # An empty SPAM_WORDS keeps (or restores) the column's Spanish and English defaults.
     words = _words(settings.spam_words)

@@ -102,6 +102,11 @@ export const ERRORS = Object.freeze({
   not_connected: 503,
 });
 
+// How whatsapp-web.js reports that error when sendMessage fails: the page's error names the
+// code (463) or WhatsApp's words ("Your account has been restricted"); the wwebjs driver answers
+// such a failure with restricted_new_chats, not send_failed, so the backend counts it as health.
+export const RESTRICTED_NEW_CHATS_ERROR = /\b463\b|\brestricted\b/i;
+
 // Request limits of POST /send.
 export const E164_PATTERN = /^\+[1-9]\d{1,14}$/;
 export const MAX_BODY_CHARS = 4096;

@@ -146,6 +146,24 @@ test('a sendMessage failure is 502 send_failed and the key stays retryable', asy
   assert.equal((await b.call('POST', '/send', { to: '+56912345678', body: 'Hola', idempotency_key: 'w-fail' })).status, 200);
 });
 
+test("WhatsApp's error 463 from sendMessage is 403 restricted_new_chats, not send_failed", async (t) => {
+  const fake = fakeFactory();
+  const b = await wwebjsBridge(t, fake);
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected');
+  const original = fake.last().sendMessage;
+  for (const reason of ['Evaluation failed: Error: 463', 'Your account has been restricted']) {
+    fake.last().sendMessage = async () => {
+      throw new Error(reason);
+    };
+    const res = await b.call('POST', '/send', { to: '+56912345678', body: 'Hola', idempotency_key: `w-463-${reason.length}` });
+    assert.equal(res.status, 403);
+    assert.equal(res.body.code, 'restricted_new_chats');
+    assert.equal(res.body.field, 'to');
+  }
+  fake.last().sendMessage = original;
+});
+
 test('message_ack 1/2/3/4/-1 become sent/delivered/read/read/failed events; 0 and others are ignored', async (t) => {
   const receiver = await startEventsReceiver(t);
   const fake = fakeFactory();

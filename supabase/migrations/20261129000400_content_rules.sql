@@ -67,6 +67,14 @@ create table private.settings (
   health_weight_failed_ack double precision not null default 0.5 check (health_weight_failed_ack >= 0),
   health_weight_disconnect double precision not null default 1 check (health_weight_disconnect >= 0),
   health_weight_opt_out double precision not null default 0.5 check (health_weight_opt_out >= 0),
+  -- Silence (private.judge_unanswered): of the first messages a number sent to new contacts over
+  -- a day, each at least health_unanswered_wait_hours old, health_unanswered_share or more got no
+  -- reply, with at least health_unanswered_min of them: one fact of health_weight_unanswered an hour.
+  health_weight_unanswered double precision not null default 1 check (health_weight_unanswered >= 0),
+  health_unanswered_share double precision not null default 0.8
+    check (health_unanswered_share > 0 and health_unanswered_share <= 1),
+  health_unanswered_min integer not null default 20 check (health_unanswered_min >= 1),
+  health_unanswered_wait_hours double precision not null default 6 check (health_unanswered_wait_hours >= 0),
   health_ramp_hours double precision not null default 24 check (health_ramp_hours >= 0),
   health_ramp_share double precision not null default 0.25 check (health_ramp_share > 0 and health_ramp_share <= 1),
   updated_at timestamptz not null default now()
@@ -432,6 +440,8 @@ create table private.send_ledger (
 
 create index send_ledger_created_by_at_idx on private.send_ledger (created_by, at);
 create index send_ledger_phone_at_idx on private.send_ledger (phone, at);
+-- A number's sends of a day (private.judge_unanswered).
+create index send_ledger_sender_at_idx on private.send_ledger (sender, at);
 create index send_ledger_at_idx on private.send_ledger (at);
 
 grant select, insert, delete on private.send_ledger to service_role;

@@ -15,7 +15,8 @@
 --                                    what the bridges report and what the workers do (service_role)
 --   private.number_health_events     health: what WhatsApp did to a number (a send refused with
 --                                    restricted_new_chats, a `failed` ack, a disconnect, an
---                                    opt-out), written where each fact arrives
+--                                    opt-out, first messages left unanswered), written where
+--                                    each fact arrives
 --   private.health_score             a number's score: the facts' weights, decaying
 --   private.judge_health             at private.settings.health_pause_score the number is
 --                                    paused, in the transaction of the fact (its owners of
@@ -450,13 +451,14 @@ $$;
 
 -- One row per fact, written where the fact arrives: private.fail_deliveries (a send refused with
 -- restricted_new_chats, WhatsApp's error 463 on a new recipient), private.apply_ack (a `failed`
--- ack), private.record_number_status (a disconnect) and private.record_reply (an opt-out, counted
--- against the number of the user's last message to that phone). The weight is its kind's setting
+-- ack), private.record_number_status (a disconnect), private.record_reply (an opt-out, counted
+-- against the number it reached) and private.judge_unanswered (first messages to new contacts
+-- that mostly got no reply). The weight is its kind's setting
 -- when it happened; evidence says what happened (phone, error, raw state).
 create table private.number_health_events (
   id bigint generated always as identity primary key,
   number_id uuid not null references public.whatsapp_numbers (id) on delete cascade,
-  kind text not null check (kind in ('restricted_new_chats', 'failed_ack', 'disconnect', 'opt_out')),
+  kind text not null check (kind in ('restricted_new_chats', 'failed_ack', 'disconnect', 'opt_out', 'unanswered')),
   weight double precision not null check (weight >= 0),
   at timestamptz not null default now(),
   evidence jsonb not null default '{}'::jsonb
@@ -478,6 +480,7 @@ as $$
     when 'failed_ack' then s.health_weight_failed_ack
     when 'disconnect' then s.health_weight_disconnect
     when 'opt_out' then s.health_weight_opt_out
+    when 'unanswered' then s.health_weight_unanswered
   end
   from private.current_settings() s;
 $$;

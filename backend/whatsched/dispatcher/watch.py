@@ -7,6 +7,9 @@ each restart as a `restart` command with no requester and a reason, within the b
 hourly limit, so the restart is carried out, recorded and audited like a person's
 (dispatcher.numbers.run_commands). Deliveries in flight at the restart keep their lease and are
 taken over when it ends, as after a crash.
+
+Every few minutes the workers also judge silence (`judge_unanswered`): a number whose first
+messages to new contacts mostly got no reply earns a health fact, as a 463 does.
 """
 
 from __future__ import annotations
@@ -81,6 +84,12 @@ async def observe(numbers: list[Number], bridges: Bridges) -> list[dict[str, Any
 
     readings = await asyncio.gather(*(read(n) for n in numbers))
     return [r for r in readings if r is not None]
+
+
+async def judge_unanswered(conn: asyncpg.Connection) -> list[str]:
+    """The numbers given an `unanswered` health fact now (private.judge_unanswered: most of their
+    first messages to new contacts over a day got no reply)."""
+    return [str(r[0]) for r in await conn.fetch("select * from private.judge_unanswered()")]
 
 
 async def watch(conn: asyncpg.Connection, numbers: list[Number], bridges: Bridges, limits: Limits) -> list[Decision]:

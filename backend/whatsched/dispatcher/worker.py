@@ -48,6 +48,8 @@ log = logging.getLogger("whatsched.dispatcher")
 
 CHANNEL = "whatsched_dispatch"
 APPLICATION_NAME = "whatsched-worker"
+# How often (minutes) the workers judge silence (watch.judge_unanswered); a fact is at most hourly.
+UNANSWERED_EVERY_MIN = 10
 # Errors after which the worker reconnects and tries again rather than dying.
 RECOVERABLE = DATABASE_ERRORS
 # Set by `whatsched dev` (whatsched.dev.SUPERVISOR_ENV) to its pid: our parent while it lives.
@@ -108,6 +110,7 @@ class Worker:
         scheduler.add_job(self._run_commands, "interval", seconds=self.dispatch.housekeeping_s, **every)
         scheduler.add_job(self._watch, "interval", seconds=self.dispatch.housekeeping_s, **every)
         scheduler.add_job(self._prune, "interval", hours=1, **every)
+        scheduler.add_job(self._judge_unanswered, "interval", minutes=UNANSWERED_EVERY_MIN, **every)
         log.info(
             "worker %s: default number's bridge %s, %s lane(s) of up to %s, pacing %s (per number)",
             self.id,
@@ -298,6 +301,19 @@ class Worker:
         if any(d.command_id for d in decided):
             self._commands.set()
             self._wake.set()
+
+    async def _judge_unanswered(self) -> None:
+        """A health fact for each number whose first messages to new contacts mostly got no reply."""
+        if self._house is None:
+            return
+        async with self._house_lock:
+            try:
+                for number_id in await watch.judge_unanswered(self._house):
+                    log.warning(
+                        "number %s: most first messages to new contacts got no reply (a health fact)", number_id
+                    )
+            except RECOVERABLE as exc:
+                log.warning("worker %s: judging silence failed: %s", self.id, _describe(exc))
 
     async def _prune(self) -> None:
         if self._house is None:

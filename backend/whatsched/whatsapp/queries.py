@@ -78,12 +78,23 @@ async def numbers_health(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 async def record_reply(
-    conn: asyncpg.Connection, phone: str, text: str, whatsapp_message_id: str, at: datetime | None
+    conn: asyncpg.Connection,
+    phone: str,
+    text: str,
+    whatsapp_message_id: str,
+    at: datetime | None,
+    number_id: str | None = None,
 ) -> int:
-    """Keep a reply for every user who wrote to `phone` within REPLY_WINDOW_DAYS, and apply an
-    opt-out/opt-in keyword to every user's contact with it; how many kept it (0: nobody wrote to
-    the sender lately and nothing was stored)."""
+    """Keep a reply that reached `number_id` (None: the default number) for every user who wrote
+    to `phone` from it within REPLY_WINDOW_DAYS, and apply an opt-out/opt-in keyword to the
+    contacts with that phone in the number's scope (private.opt_out_scope); how many kept it (0:
+    nobody wrote to the sender from that number lately and nothing was stored)."""
     stored: int = await conn.fetchval(
-        "select private.record_reply($1, $2, $3, coalesce($4, now()))", phone, text, whatsapp_message_id, at
+        "select private.record_reply($1, $2, $3, coalesce($4, now()), $5::uuid)",
+        phone,
+        text,
+        whatsapp_message_id,
+        at,
+        number_id,
     )
     return stored

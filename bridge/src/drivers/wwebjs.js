@@ -6,6 +6,7 @@ import { rm } from 'node:fs/promises';
 import {
   E164_PATTERN,
   INBOUND_TEXT_TYPES,
+  RESTRICTED_NEW_CHATS_ERROR,
   STATUS,
   STATUS_BROADCAST,
   WA_BANNED_STATES,
@@ -153,7 +154,11 @@ export class WwebjsDriver extends BaseDriver {
       const msg = await client.sendMessage(numberId._serialized, body, { sendSeen: false });
       return { whatsapp_message_id: msg.id._serialized };
     } catch (err) {
-      throw new BridgeError('send_failed', `WhatsApp refused the message: ${err.message}`);
+      const reason = String(err?.message ?? err);
+      if (RESTRICTED_NEW_CHATS_ERROR.test(reason)) {
+        throw new BridgeError('restricted_new_chats', `WhatsApp refused a chat with ${to} (error 463: ${reason})`, 'to');
+      }
+      throw new BridgeError('send_failed', `WhatsApp refused the message: ${reason}`);
     }
   }
 

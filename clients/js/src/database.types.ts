@@ -478,6 +478,7 @@ export type Database = {
           id: string
           kind: string
           message_id: string | null
+          number_id: string | null
           phone: string
           received_at: string
           text: string
@@ -490,6 +491,7 @@ export type Database = {
           id?: string
           kind: string
           message_id?: string | null
+          number_id?: string | null
           phone: string
           received_at: string
           text: string
@@ -502,6 +504,7 @@ export type Database = {
           id?: string
           kind?: string
           message_id?: string | null
+          number_id?: string | null
           phone?: string
           received_at?: string
           text?: string
@@ -520,6 +523,13 @@ export type Database = {
             columns: ["message_id"]
             isOneToOne: false
             referencedRelation: "messages"
+            referencedColumns: ["id"]
+          },
+          {
+            foreignKeyName: "replies_number_id_fkey"
+            columns: ["number_id"]
+            isOneToOne: false
+            referencedRelation: "whatsapp_numbers"
             referencedColumns: ["id"]
           },
         ]

@@ -20,10 +20,11 @@ Every event may carry `number_id`, the number the bridge drives; without it, the
 (a single-number install's bridge knows nothing of numbers). An unknown number_id is refused
 (404 number_not_found: the bridge does not retry it).
 
-- `inbound_message` {phone, text, whatsapp_message_id, at}: a reply (private.record_reply): kept
-  once per user who wrote to the sender within REPLY_WINDOW_DAYS, and an opt-out or opt-in
-  keyword applied to every user's contact with that phone; from anyone else it is dropped, never
-  stored, and its text is never logged.
+- `inbound_message` {phone, text, whatsapp_message_id, at}: a reply to the event's number
+  (private.record_reply): kept once per user who wrote to the sender from that number within
+  REPLY_WINDOW_DAYS, and an opt-out or opt-in keyword applied to the contacts with that phone of
+  the users the number concerns (every user, unless it is a self-service number); from anyone
+  else it is dropped, never stored, and its text is never logged.
 
 Events are idempotent (the bridge retries them), and unknown event types are accepted and
 ignored, so a newer bridge does not make an older backend drop its queue.
@@ -160,7 +161,7 @@ async def _apply_ack(res: Resources, event: MessageAck) -> None:
 
 async def _record_reply(res: Resources, event: InboundMessage) -> None:
     async with service_tx(res.pool) as conn:
-        await queries.record_reply(conn, event.phone, event.text, event.whatsapp_message_id, event.at)
+        await queries.record_reply(conn, event.phone, event.text, event.whatsapp_message_id, event.at, _number(event))
 
 
 def _number(event: BridgeEvent) -> str | None:
