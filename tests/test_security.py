@@ -54,6 +54,7 @@ ID_KINDS = {
     "notification_id": "notification",
     "number_id": "number",
     "user_id": "account",
+    "endpoint_id": "webhook",
 }
 # Path parameters that are not ids: the value the matrix uses.
 LITERALS = {"action": "restart"}
@@ -61,7 +62,7 @@ LITERALS = {"action": "restart"}
 # number), as long as the refusal says nothing of the other user's id.
 ADMIN_ONLY = {"/api/whatsapp/numbers/{number_id}/users/{user_id}"}
 # Body fields that link to other resources.
-LINK_KINDS = {"group_ids": "group", "contact_ids": "contact", "number_id": "number"}
+LINK_KINDS = {"group_ids": "group", "contact_ids": "contact", "number_id": "number", "delivery_id": "delivery"}
 
 
 def phone() -> str:
@@ -87,6 +88,8 @@ class Owned:
     notification: str
     number: str  # a WhatsApp number assigned to this user alone
     account: str  # the user's id
+    webhook: str  # a webhook endpoint of the user's
+    delivery: str  # a delivery (a test ping) of that endpoint
     private: list[str] = field(default_factory=list)  # every id and text only this user's data holds
 
     def id_of(self, kind: str) -> str:
@@ -147,7 +150,15 @@ async def make_owned(client: httpx.AsyncClient, admin: asyncpg.Connection, user:
     await admin.execute(
         "insert into public.whatsapp_number_users (number_id, user_id) values ($1::uuid, $2)", whatsapp, user.id
     )
+    webhook = await created(
+        await client.post("/api/webhooks", json={"url": f"https://example.com/hook-{tag}"}, headers=user.headers)
+    )
+    ping = await client.post(f"/api/webhooks/{webhook}/test", headers=user.headers)
+    assert ping.status_code == 202, ping.text
+    delivery: str = ping.json()["delivery_id"]
     private = [
+        webhook,
+        delivery,
         user.id,
         user.email,
         group,
@@ -160,7 +171,7 @@ async def make_owned(client: httpx.AsyncClient, admin: asyncpg.Connection, user:
         number.lstrip("+"),
         whatsapp,
     ]
-    return Owned(user, message, sent, group, contact, notification, whatsapp, user.id, private)
+    return Owned(user, message, sent, group, contact, notification, whatsapp, user.id, webhook, delivery, private)
 
 
 async def snapshot(admin: asyncpg.Connection, owner: str) -> str:
@@ -232,6 +243,9 @@ def bodies(b: Owned) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/contacts"): {"name": "de B", "phone": phone(), "group_ids": [b.group]},
         ("PUT", "/api/contacts/{contact_id}"): {"name": "cambiado por B", "group_ids": [b.group]},
         ("PATCH", "/api/whatsapp/numbers/{number_id}"): {"label": "cambiado por B"},
+        ("POST", "/api/webhooks"): {"url": "https://example.com/de-b"},
+        ("PUT", "/api/webhooks/{endpoint_id}"): {"description": "cambiado por B"},
+        ("POST", "/api/webhooks/{endpoint_id}/replay"): {"since": in_an_hour()},
     }
 
 

@@ -171,6 +171,14 @@ class Settings(BaseSettings):
     health_ramp_hours: float = Field(default=24, ge=0)
     health_ramp_share: float = Field(default=0.25, gt=0, le=1)
 
+    # Webhooks (README, "Webhooks"): each attempt's timeout, how many requests a worker has in flight,
+    # whether URLs may reach loopback/private/link-local addresses (tests and closed networks), and
+    # after how many days of failures without a success an endpoint is disabled.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    webhook_allow_private: bool = False
+    webhook_disable_after_days: float = Field(default=5, gt=0)
+
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     import_max_rows: int = Field(default=200_000, ge=1)

@@ -3,7 +3,7 @@ module is Python's side of them: writing the numbers they use, and reading a lim
 
 - `publish_settings`: the environment's values into private.settings, so the API, the worker and
   a supabase-js caller apply the same daily cap, limits, opt-out keywords,
-  whether users may add their own WhatsApp numbers and the numbers' health rule. Run by `whatsched migrate`, `dev`,
+  whether users may add their own WhatsApp numbers, the numbers' health rule and the webhooks'. Run by `whatsched migrate`, `dev`,
   and at the start of every API process (give every process the same environment).
 - `rate_limit_status`: what is left of the caller's per-minute limit (the X-RateLimit-* headers).
 """
@@ -27,7 +27,7 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
         " health_weight_failed_ack = $13, health_weight_disconnect = $14, health_weight_opt_out = $15,"
         " health_ramp_hours = $16, health_ramp_share = $17, health_weight_unanswered = $18,"
         " health_unanswered_share = $19, health_unanswered_min = $20, health_unanswered_wait_hours = $21,"
-        " updated_at = now() where id",
+        " webhook_allow_private = $22, webhook_disable_after_days = $23, updated_at = now() where id",
         settings.send_daily_cap,
         settings.schedule_per_minute,
         settings.group_create_per_minute,
@@ -49,6 +49,8 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
         settings.health_unanswered_share,
         settings.health_unanswered_min,
         settings.health_unanswered_wait_hours,
+        settings.webhook_allow_private,
+        settings.webhook_disable_after_days,
     )
     # An empty SPAM_WORDS keeps (or restores) the column's Spanish and English defaults.
     words = _words(settings.spam_words)

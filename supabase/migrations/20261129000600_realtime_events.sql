@@ -21,7 +21,7 @@ as $$
 $$;
 
 -- One way out for every event: realtime.send (a Realtime broadcast on Supabase, a pg_notify on
--- plain Postgres). Hosted Supabase's realtime.send stores the broadcast without a NOTIFY, so there
+-- plain Postgres), and the webhooks' outbox. Hosted Supabase's realtime.send stores the broadcast without a NOTIFY, so there
 -- we also notify, for the API processes' WebSocket hubs that LISTEN on 'realtime'.
 create or replace function private.broadcast(payload jsonb, event text, topic text)
 returns void
@@ -44,6 +44,8 @@ begin
       jsonb_build_object('topic', topic, 'event', event, 'payload', payload, 'private', true)::text
     );
   end if;
+  -- The same event to the webhooks that subscribe to it, in this transaction (20261206000200_webhooks).
+  perform private.enqueue_webhooks(payload, event, topic);
 end;
 $$;
 

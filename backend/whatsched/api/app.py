@@ -24,6 +24,7 @@ from whatsched.api.routes import (
     replies,
     reports,
     sync,
+    webhooks,
 )
 from whatsched.api.routes import contacts as contacts_routes
 from whatsched.api.routes import groups as groups_routes
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws_routes.router)
     app.include_router(bridge_events.router)
     app.include_router(numbers.router)
+    app.include_router(webhooks.router)
     app.include_router(notifications.router)
     app.include_router(replies.router)
     app.include_router(analytics.router)

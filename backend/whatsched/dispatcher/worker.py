@@ -12,6 +12,9 @@ number: a delivery leaves from its message's number, through that number's bridg
 that number. Session commands (start, stop, restart, logout) queued by /api or supabase-js
 arrive on 'whatsched_number_commands' and are carried out against the number's bridge.
 
+Beside the dispatcher, each worker runs the webhook sender (whatsched.webhooks.sender) with its own
+connections, so a slow receiver never delays a send.
+
 Each lane has its own connection, acting as service_role for the whole session. SIGTERM or
 SIGINT stops claiming; the batches in flight are sent and recorded, then the worker exits 0.
 Under `whatsched dev` the worker also stops when its supervisor disappears (`watch_supervisor`):
@@ -43,6 +46,7 @@ from whatsched.dispatcher.deliver import Refused
 from whatsched.dispatcher.fail import Failures, RetryPolicy
 from whatsched.dispatcher.numbers import Bridges, Number
 from whatsched.dispatcher.pacing import Pacing
+from whatsched.webhooks import sender as webhook_sender
 
 log = logging.getLogger("whatsched.dispatcher")
 
@@ -92,6 +96,14 @@ class Worker:
         self._idle_backoff = 0.0
         self._logged_at: dict[str, float] = {}
         self._notified: set[uuid.UUID] = set()
+        # The webhooks' outbox, sent beside the dispatcher with its own connections.
+        self.webhooks = webhook_sender.Sender(
+            url,
+            self.id,
+            timeout_s=settings.webhook_timeout_s,
+            concurrency=settings.webhook_concurrency,
+            allow_private=settings.webhook_allow_private,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -99,6 +111,7 @@ class Worker:
         """Stop claiming; the batches in flight finish first."""
         self._stop.set()
         self._wake.set()
+        self.webhooks.stop()
 
     def wake(self) -> None:
         self._wake.set()
@@ -120,6 +133,7 @@ class Worker:
             self._describe_pacing(),
         )
         delay = 0.5
+        webhooks = asyncio.create_task(self.webhooks.run())
         try:
             while not self._stop.is_set():
                 try:
@@ -135,9 +149,12 @@ class Worker:
                     await self._back_off(delay)
                     delay = min(delay * 2, 30.0)
         finally:
+            self.webhooks.stop()
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             await self._close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(webhooks, 10)
             await self.bridges.close()
             log.info("worker %s stopped", self.id)
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import asyncpg
 
+from whatsched import events
 from whatsched.db.errors import DATABASE_ERRORS
 from whatsched.db.pool import user_tx
 
 log = logging.getLogger("whatsched.imports")
 
-EVENT = "import_progress"
+EVENT = events.named("import_progress")  # its shape: contracts/events.json (built by the database)
 MIN_INTERVAL_S = 0.25  # at most four updates a second within a stage
 
 Listener = Callable[[str, int, int], None]

@@ -1,5 +1,8 @@
 """The socket's wire protocol (the guide's "WebSocket Events (Real-time)"): the frames a client may
-send, the frames the server sends, the error codes and the close codes, all named in one place."""
+send, the frames the server sends, the error codes and the close codes, all named in one place.
+
+The events themselves (names and shapes) are the catalog's (contracts/events.json, whatsched.events);
+the socket's own frames (auth_ok, pong, error, resync) are not events and are named here only."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from whatsched import events
 
 # Close codes: 4000 + the HTTP status that means the same thing.
 CLOSE_UNAUTHORIZED = 4401
@@ -16,14 +21,20 @@ CLOSE_GOING_AWAY = 1001
 
 MAX_FRAME_CHARS = 16 * 1024  # client frames are tiny; a JWT is well under this
 
-# Events relayed from Postgres (the `event` of realtime.send and the `type` on the wire).
-MESSAGE_STATUS_UPDATE = "message_status_update"
-MESSAGE_PROGRESS = "message_progress"
-NEW_NOTIFICATION = "new_notification"
-REPLY_RECEIVED = "reply_received"  # relayed like any user-topic event (no special routing)
-WHATSAPP_STATUS = "whatsapp_status"
-WHATSAPP_TOPIC = "whatsapp"
-USER_TOPIC_PREFIX = "user:"
+# Events relayed from Postgres (the `event` of realtime.send and the `type` on the wire), by their
+# catalog names; the hub routes these specially and relays any other user-topic event as it is.
+MESSAGE_STATUS_UPDATE = events.named("message_status_update")
+MESSAGE_PROGRESS = events.named("message_progress")
+NEW_NOTIFICATION = events.named("new_notification")
+REPLY_RECEIVED = events.named("reply_received")  # relayed like any user-topic event (no special routing)
+WHATSAPP_STATUS = events.named("whatsapp_status")
+WHATSAPP_TOPIC: str = events.EVENTS[WHATSAPP_STATUS]["topic"]  # "whatsapp"
+USER_TOPIC_PREFIX: str = events.EVENTS[MESSAGE_STATUS_UPDATE]["topic"].removesuffix("{user_id}")  # "user:"
+# The optional fields of whatsapp_status relayed when the database's event has them (qr_code has
+# its own rule): number_id, number_status, reason.
+_WHATSAPP_FIELDS = tuple(
+    key for key in events.EVENTS[WHATSAPP_STATUS]["schema"]["properties"] if key not in ("type", "status", "qr_code")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +140,7 @@ def whatsapp_status(payload: dict[str, Any]) -> str:
     body: dict[str, Any] = {"type": WHATSAPP_STATUS, "status": payload.get("status")}
     if payload.get("status") == "qr_needed" and payload.get("qr_code") is not None:
         body["qr_code"] = payload["qr_code"]
-    for key in ("number_id", "number_status", "reason"):
+    for key in _WHATSAPP_FIELDS:
         if payload.get(key) is not None:
             body[key] = payload[key]
     return dump(body)

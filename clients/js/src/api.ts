@@ -21,6 +21,11 @@ export type Group = Schema<"Group">;
 export type Contact = Schema<"Contact">;
 export type Notification = Schema<"Notification">;
 export type Stats = Schema<"Stats">;
+/** A webhook endpoint (`/api/webhooks`); `WebhookEndpointCreated` adds its secret, shown once. */
+export type WebhookEndpoint = Schema<"WebhookEndpoint">;
+export type WebhookEndpointCreated = Schema<"WebhookEndpointCreated">;
+/** One event sent to an endpoint, with its attempts (`GET /api/webhooks/{id}/deliveries`). */
+export type WebhookDelivery = Schema<"WebhookDelivery">;
 /** Every error answer: a sentence, a stable snake_case code, and the fields at fault. */
 export type ErrorBody = Schema<"ErrorBody">;
 

@@ -558,6 +558,145 @@ export type Database = {
         }
         Relationships: []
       }
+      webhook_attempts: {
+        Row: {
+          at: string
+          attempt: number
+          delivery_id: string
+          error: string | null
+          id: number
+          latency_ms: number | null
+          status_code: number | null
+        }
+        Insert: {
+          at?: string
+          attempt: number
+          delivery_id: string
+          error?: string | null
+          id?: never
+          latency_ms?: number | null
+          status_code?: number | null
+        }
+        Update: {
+          at?: string
+          attempt?: number
+          delivery_id?: string
+          error?: string | null
+          id?: never
+          latency_ms?: number | null
+          status_code?: number | null
+        }
+        Relationships: [
+          {
+            foreignKeyName: "webhook_attempts_delivery_id_fkey"
+            columns: ["delivery_id"]
+            isOneToOne: false
+            referencedRelation: "webhook_deliveries"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      webhook_deliveries: {
+        Row: {
+          attempts: number
+          body: string
+          created_at: string
+          delivered_at: string | null
+          endpoint_id: string
+          event_type: string
+          id: string
+          last_error: string | null
+          last_status_code: number | null
+          leased_by: string | null
+          leased_until: string | null
+          next_attempt_at: string
+          state: string
+        }
+        Insert: {
+          attempts?: number
+          body: string
+          created_at?: string
+          delivered_at?: string | null
+          endpoint_id: string
+          event_type: string
+          id?: string
+          last_error?: string | null
+          last_status_code?: number | null
+          leased_by?: string | null
+          leased_until?: string | null
+          next_attempt_at?: string
+          state?: string
+        }
+        Update: {
+          attempts?: number
+          body?: string
+          created_at?: string
+          delivered_at?: string | null
+          endpoint_id?: string
+          event_type?: string
+          id?: string
+          last_error?: string | null
+          last_status_code?: number | null
+          leased_by?: string | null
+          leased_until?: string | null
+          next_attempt_at?: string
+          state?: string
+        }
+        Relationships: [
+          {
+            foreignKeyName: "webhook_deliveries_endpoint_id_fkey"
+            columns: ["endpoint_id"]
+            isOneToOne: false
+            referencedRelation: "webhook_endpoints"
+            referencedColumns: ["id"]
+          },
+        ]
+      }
+      webhook_endpoints: {
+        Row: {
+          created_at: string
+          created_by: string | null
+          description: string | null
+          disabled_reason: string | null
+          enabled: boolean
+          event_types: string[]
+          failing_since: string | null
+          id: string
+          owner_id: string | null
+          secret_rotated_at: string | null
+          updated_at: string
+          url: string
+        }
+        Insert: {
+          created_at?: string
+          created_by?: string | null
+          description?: string | null
+          disabled_reason?: string | null
+          enabled?: boolean
+          event_types?: string[]
+          failing_since?: string | null
+          id?: string
+          owner_id?: string | null
+          secret_rotated_at?: string | null
+          updated_at?: string
+          url: string
+        }
+        Update: {
+          created_at?: string
+          created_by?: string | null
+          description?: string | null
+          disabled_reason?: string | null
+          enabled?: boolean
+          event_types?: string[]
+          failing_since?: string | null
+          id?: string
+          owner_id?: string | null
+          secret_rotated_at?: string | null
+          updated_at?: string
+          url?: string
+        }
+        Relationships: []
+      }
       whatsapp_number_commands: {
         Row: {
           action: string
@@ -777,6 +916,15 @@ export type Database = {
           isSetofReturn: false
         }
       }
+      create_webhook_endpoint: {
+        Args: {
+          p_deployment_wide?: boolean
+          p_description?: string
+          p_event_types?: string[]
+          p_url: string
+        }
+        Returns: Json
+      }
       dashboard_counts: { Args: { p_all?: boolean }; Returns: Json }
       duplicate_message: {
         Args: { p_message_id: string }
@@ -833,6 +981,10 @@ export type Database = {
           isSetofReturn: false
         }
       }
+      ping_webhook_endpoint: {
+        Args: { p_endpoint_id: string }
+        Returns: string
+      }
       rate_limit_status: { Args: { p_action: string }; Returns: Json }
       remove_whatsapp_number: {
         Args: { p_number_id: string }
@@ -861,6 +1013,15 @@ export type Database = {
           isOneToOne: true
           isSetofReturn: false
         }
+      }
+      replay_webhook_deliveries: {
+        Args: {
+          p_delivery_id?: string
+          p_endpoint_id: string
+          p_since?: string
+          p_until?: string
+        }
+        Returns: number
       }
       reply_kind: { Args: { p_text: string }; Returns: string }
       request_number_action: {
@@ -937,6 +1098,10 @@ export type Database = {
           isOneToOne: true
           isSetofReturn: false
         }
+      }
+      rotate_webhook_secret: {
+        Args: { p_endpoint_id: string; p_grace_hours?: number }
+        Returns: string
       }
       schedule_message: {
         Args: { p_message_id: string; p_scheduled_for?: string }

@@ -7,6 +7,8 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
+import { Webhook } from "standardwebhooks";
+
 import { createApiClient, login, unwrap, WhatsschedRealtime, WhatsschedSocket } from "../dist/index.js";
 import { follow, prepareCampaign, scheduleNow } from "./support/campaign.mjs";
 import { FakeSupabase } from "./support/fake-supabase.mjs";
@@ -58,6 +60,44 @@ describe("@whatsched/client against the real stack", { timeout: 240_000 }, () =>
       const refused = await createApiClient({ baseUrl: stack.apiUrl }).GET("/api/messages");
       assert.equal(refused.response.status, 401);
       assert.equal(refused.error?.code, "unauthenticated");
+    }));
+
+  test("registers a webhook and its receiver verifies the signed ping with the Standard Webhooks library", () =>
+    withLogs(async () => {
+      const received = [];
+      const receiver = createServer((request, response) => {
+        const chunks = [];
+        request.on("data", (c) => chunks.push(c));
+        request.on("end", () => {
+          received.push({ headers: request.headers, body: Buffer.concat(chunks).toString("utf8") });
+          response.writeHead(204).end();
+        });
+      });
+      await new Promise((done) => receiver.listen(0, "127.0.0.1", done));
+      try {
+        const url = `http://127.0.0.1:${receiver.address().port}/hooks`;
+        const created = unwrap(await api.POST("/api/webhooks", { body: { url, event_types: ["new_notification"] } }));
+        assert.ok(created.secret.startsWith("whsec_"));
+        const listed = unwrap(await api.GET("/api/webhooks"));
+        assert.deepEqual(listed.map((h) => h.id), [created.id]);
+        assert.equal("secret" in listed[0], false);
+        const ping = unwrap(await api.POST("/api/webhooks/{endpoint_id}/test", { params: { path: { endpoint_id: created.id } } }));
+        await eventually(() => received.length === 1, { what: "the ping at the receiver" });
+        const [{ headers, body }] = received;
+        const event = new Webhook(created.secret).verify(body, headers);
+        assert.equal(event.type, "webhook_test");
+        assert.equal(headers["webhook-id"], ping.delivery_id);
+        assert.throws(() => new Webhook(`whsec_${Buffer.alloc(32).toString("base64")}`).verify(body, headers));
+        await eventually(
+          async () =>
+            unwrap(await api.GET("/api/webhooks/{endpoint_id}/deliveries", { params: { path: { endpoint_id: created.id } } }))
+              .items[0]?.state === "delivered",
+          { what: "the delivery log" },
+        );
+        unwrap(await api.DELETE("/api/webhooks/{endpoint_id}", { params: { path: { endpoint_id: created.id } } }));
+      } finally {
+        receiver.close();
+      }
     }));
 
   test("follows a campaign to its final counts over the socket and the Realtime channels", () =>

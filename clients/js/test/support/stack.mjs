@@ -158,6 +158,7 @@ export async function startStack({ allowedOrigins = "http://localhost:3000", lat
       BRIDGE_URL: stack.bridgeUrl,
       BRIDGE_TOKEN,
       PYTHONUNBUFFERED: "1",
+      WEBHOOK_ALLOW_PRIVATE: "true", // the tests' webhook receivers listen on loopback
     };
     const bridge = new Child("bridge", process.execPath, [join(REPO, "bridge/src/main.js")], {
       cwd: join(REPO, "bridge"),
