@@ -6,38 +6,53 @@
 --   delivered_count, failed_count   from the message's deliveries
 --   public.message_counts       messages per owner and status (the list's `total`)
 --   public.message_audiences    live recipient count of messages not fanned out yet
+-- Each rule is one statement over private.changes: the rows a statement added count +1, the rows
+-- it removed -1, an update is both. Its insert, update and delete triggers share that function
+-- and differ only in the transition tables they declare. The functions keep one generic plan
+-- (plan_cache_mode): planning again for each statement would cost more than a one-row change.
 -- =============================================================================
 
+-- The rows a statement added (new_rows, +1) and removed (old_rows, -1), as one signed set.
+-- No `set search_path`, so the planner inlines it into each rule (a `set` makes it a call of its
+-- own, doubling a one-row statement's trigger time); it names nothing outside pg_catalog.
+create or replace function private.changes(
+  p_added anyarray, p_removed anyarray, out r anyelement, out sign integer
+)
+returns setof record
+language sql
+immutable
+as $$
+  -- unnest in the select list keeps each row whole (not expanded and formed again).
+  select unnest(p_added), 1
+  union all
+  select unnest(p_removed), -1;
+$$;
+
 -- -----------------------------------------------------------------------------
--- groups.contact_count: one update per statement and group, whatever the batch size
+-- groups.contact_count: a member counts 1 towards its group
 -- -----------------------------------------------------------------------------
 create or replace function private.count_group_contacts()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
+declare
+  added public.group_contacts[];
+  removed public.group_contacts[];
 begin
-  -- Each row contributes +1 (new) or -1 (old) to its group; an update that moves a member between
-  -- groups is both.
-  if tg_op = 'INSERT' then
-    update public.groups g set contact_count = g.contact_count + d.n
-    from (select group_id, count(*)::integer as n from new_rows group by group_id) d
-    where g.id = d.group_id;
-  elsif tg_op = 'DELETE' then
-    update public.groups g set contact_count = greatest(g.contact_count - d.n, 0)
-    from (select group_id, count(*)::integer as n from old_rows group by group_id) d
-    where g.id = d.group_id;
-  else
-    update public.groups g set contact_count = greatest(g.contact_count + d.n, 0)
-    from (
-      select group_id, sum(n)::integer as n
-      from (select group_id, 1 as n from new_rows union all select group_id, -1 from old_rows) changes
-      group by group_id
-      having sum(n) <> 0
-    ) d
-    where g.id = d.group_id;
-  end if;
+  if tg_op <> 'DELETE' then added := array(select n::public.group_contacts from new_rows n); end if;
+  if tg_op <> 'INSERT' then removed := array(select o::public.group_contacts from old_rows o); end if;
+  -- One update per group whose count moves (a member moved out and back is not written).
+  update public.groups g set contact_count = greatest(g.contact_count + d.n, 0)
+  from (
+    select (c.r).group_id, sum(c.sign)::integer as n
+    from private.changes(added, removed) c
+    group by 1
+    having sum(c.sign) <> 0
+  ) d
+  where g.id = d.group_id;
   return null;
 end;
 $$;
@@ -52,60 +67,36 @@ create trigger group_contacts_count_delete after delete on public.group_contacts
   referencing old table as old_rows
   for each statement execute function private.count_group_contacts();
 
-
 -- -----------------------------------------------------------------------------
--- messages.recipient_count / delivered_count / failed_count from deliveries.
--- delivered_count counts deliveries WhatsApp accepted (sent, delivered or read).
+-- messages.recipient_count / delivered_count / failed_count: a delivery counts 1 towards its
+-- message's recipients, and towards delivered_count once WhatsApp accepted it (sent, delivered
+-- or read) or failed_count once it failed.
 -- -----------------------------------------------------------------------------
 create or replace function private.count_deliveries()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
+declare
+  added public.deliveries[];
+  removed public.deliveries[];
 begin
-  -- Each row contributes +1 (new) or -1 (old) to its message's totals; one update per message.
-  if tg_op = 'INSERT' then
-    update public.messages m
-    set recipient_count = m.recipient_count + d.total, delivered_count = m.delivered_count + d.ok,
-        failed_count = m.failed_count + d.failed
-    from (
-      select message_id, count(*)::integer as total,
-        count(*) filter (where state in ('sent', 'delivered', 'read'))::integer as ok,
-        count(*) filter (where state = 'failed')::integer as failed
-      from new_rows group by message_id
-    ) d
-    where m.id = d.message_id;
-  elsif tg_op = 'DELETE' then
-    update public.messages m
-    set recipient_count = m.recipient_count - d.total, delivered_count = m.delivered_count - d.ok,
-        failed_count = m.failed_count - d.failed
-    from (
-      select message_id, count(*)::integer as total,
-        count(*) filter (where state in ('sent', 'delivered', 'read'))::integer as ok,
-        count(*) filter (where state = 'failed')::integer as failed
-      from old_rows group by message_id
-    ) d
-    where m.id = d.message_id;
-  else
-    update public.messages m
-    set delivered_count = m.delivered_count + d.ok, failed_count = m.failed_count + d.failed
-    from (
-      select message_id, sum(ok)::integer as ok, sum(failed)::integer as failed
-      from (
-        select message_id, (state in ('sent', 'delivered', 'read'))::integer as ok,
-               (state = 'failed')::integer as failed
-        from new_rows
-        union all
-        select message_id, -(state in ('sent', 'delivered', 'read'))::integer,
-               -(state = 'failed')::integer
-        from old_rows
-      ) changes
-      group by message_id
-      having sum(ok) <> 0 or sum(failed) <> 0
-    ) d
-    where m.id = d.message_id;
-  end if;
+  if tg_op <> 'DELETE' then added := array(select n::public.deliveries from new_rows n); end if;
+  if tg_op <> 'INSERT' then removed := array(select o::public.deliveries from old_rows o); end if;
+  -- One update per message whose counters move.
+  update public.messages m
+  set recipient_count = m.recipient_count + d.total, delivered_count = m.delivered_count + d.ok,
+      failed_count = m.failed_count + d.failed
+  from (
+    select (c.r).message_id, sum(c.sign)::integer as total,
+      coalesce(sum(c.sign) filter (where (c.r).state in ('sent', 'delivered', 'read')), 0)::integer as ok,
+      coalesce(sum(c.sign) filter (where (c.r).state = 'failed'), 0)::integer as failed
+    from private.changes(added, removed) c
+    group by 1
+  ) d
+  where m.id = d.message_id and (d.total, d.ok, d.failed) <> (0, 0, 0);
   return null;
 end;
 $$;
@@ -119,51 +110,42 @@ create trigger deliveries_count_update after update on public.deliveries
 create trigger deliveries_count_delete after delete on public.deliveries
   referencing old table as old_rows
   for each statement execute function private.count_deliveries();
+
 -- -----------------------------------------------------------------------------
--- message_counts: each transaction writes only its own rows (shard = its transaction id), so two
--- workers changing one owner's messages never wait on a shared counter row.
+-- message_counts: a message counts 1 towards its owner and status. Each transaction writes only
+-- its own rows (shard = its transaction id), so two workers changing one owner's messages never
+-- wait on a shared counter row.
 -- -----------------------------------------------------------------------------
 create or replace function private.count_messages()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   -- This transaction's own rows: no other transaction writes them, so no one waits on them.
   mine bigint := (pg_current_xact_id()::text)::bigint;
+  added public.messages[];
+  removed public.messages[];
 begin
-  if tg_op = 'INSERT' then
-    insert into public.message_counts as c (created_by, status, shard, n)
-    select created_by, status, mine, count(*)::integer from new_rows group by 1, 2
-    on conflict (created_by, status, shard) do update set n = c.n + excluded.n;
-  elsif tg_op = 'DELETE' then
-    -- When a user is deleted, the cascade removes their counters; adding rows for them again
-    -- would violate the foreign key, so only owners who still exist are counted down.
-    insert into public.message_counts as c (created_by, status, shard, n)
-    select o.created_by, o.status, mine, -count(*)::integer
-    from old_rows o
-    where exists (select 1 from auth.users u where u.id = o.created_by)
+  if tg_op <> 'DELETE' then added := array(select n::public.messages from new_rows n); end if;
+  if tg_op <> 'INSERT' then removed := array(select o::public.messages from old_rows o); end if;
+  -- When a user is deleted, the cascade removes their counters; adding rows for them again would
+  -- violate the foreign key, so owners who are gone are skipped.
+  insert into public.message_counts as mc (created_by, status, shard, n)
+  select d.created_by, d.status, mine, d.n
+  from (
+    select (c.r).created_by, (c.r).status, sum(c.sign)::integer as n
+    from private.changes(added, removed) c
     group by 1, 2
-    on conflict (created_by, status, shard) do update set n = c.n + excluded.n;
-  else
-    insert into public.message_counts as c (created_by, status, shard, n)
-    select created_by, status, mine, sum(d)::integer
-    from (
-      select n.created_by, n.status, 1 as d
-      from new_rows n join old_rows o on o.id = n.id where o.status is distinct from n.status
-      union all
-      select o.created_by, o.status, -1
-      from new_rows n join old_rows o on o.id = n.id where o.status is distinct from n.status
-    ) changes
-    group by 1, 2
-    on conflict (created_by, status, shard) do update set n = c.n + excluded.n;
-  end if;
+    having sum(c.sign) <> 0
+  ) d
+  where exists (select 1 from auth.users u where u.id = d.created_by)
+  on conflict (created_by, status, shard) do update set n = mc.n + excluded.n;
   return null;
 end;
 $$;
-
--- Fold committed transaction rows into shard 0. Rows another compaction holds are skipped (it
 
 create trigger messages_count_insert after insert on public.messages
   referencing new table as new_rows
@@ -175,6 +157,7 @@ create trigger messages_count_delete after delete on public.messages
   referencing old table as old_rows
   for each statement execute function private.count_messages();
 
+-- Fold committed transaction rows into shard 0. Rows another compaction holds are skipped (it
 -- folds them); rows of transactions still running are not visible yet. Returns rows folded.
 create or replace function private.compact_message_counts(p_limit integer default 10000)
 returns integer
@@ -209,6 +192,7 @@ $$;
 
 revoke all on function private.compact_message_counts(integer) from public;
 grant execute on function private.compact_message_counts(integer) to service_role;
+
 -- -----------------------------------------------------------------------------
 -- message_audiences: recomputed for the affected messages after each statement that changes a
 -- message's groups, a group's members, or whether a contact is reachable.
@@ -230,20 +214,23 @@ as $$
     set recipients = excluded.recipients, computed_at = excluded.computed_at;
 $$;
 
+-- The messages a changed message_groups row names, before or after.
 create or replace function private.audience_after_message_groups()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
+declare
+  added public.message_groups[];
+  removed public.message_groups[];
 begin
-  if tg_op = 'INSERT' then
-    perform private.refresh_audiences(array(select distinct message_id from new_rows));
-  elsif tg_op = 'DELETE' then
-    perform private.refresh_audiences(array(select distinct message_id from old_rows));
-  else
-    perform private.refresh_audiences(array(select message_id from new_rows union select message_id from old_rows));
-  end if;
+  if tg_op <> 'DELETE' then added := array(select n::public.message_groups from new_rows n); end if;
+  if tg_op <> 'INSERT' then removed := array(select o::public.message_groups from old_rows o); end if;
+  perform private.refresh_audiences(array(
+    select distinct (c.r).message_id from private.changes(added, removed) c
+  ));
   return null;
 end;
 $$;
@@ -258,29 +245,24 @@ create trigger message_groups_audience_update after update on public.message_gro
   referencing old table as old_rows new table as new_rows
   for each statement execute function private.audience_after_message_groups();
 
+-- The messages sent to a group a changed group_contacts row names, before or after.
 create or replace function private.audience_after_group_contacts()
 returns trigger
 language plpgsql
 security definer
 set search_path = ''
+set plan_cache_mode = force_generic_plan
 as $$
+declare
+  added public.group_contacts[];
+  removed public.group_contacts[];
 begin
-  if tg_op = 'INSERT' then
-    perform private.refresh_audiences(array(
-      select distinct mg.message_id from public.message_groups mg
-      where mg.group_id in (select distinct group_id from new_rows)
-    ));
-  elsif tg_op = 'DELETE' then
-    perform private.refresh_audiences(array(
-      select distinct mg.message_id from public.message_groups mg
-      where mg.group_id in (select distinct group_id from old_rows)
-    ));
-  else
-    perform private.refresh_audiences(array(
-      select distinct mg.message_id from public.message_groups mg
-      where mg.group_id in (select group_id from new_rows union select group_id from old_rows)
-    ));
-  end if;
+  if tg_op <> 'DELETE' then added := array(select n::public.group_contacts from new_rows n); end if;
+  if tg_op <> 'INSERT' then removed := array(select o::public.group_contacts from old_rows o); end if;
+  perform private.refresh_audiences(array(
+    select distinct mg.message_id from public.message_groups mg
+    where mg.group_id in (select (c.r).group_id from private.changes(added, removed) c)
+  ));
   return null;
 end;
 $$;
