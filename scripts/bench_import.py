@@ -1,6 +1,7 @@
 """Benchmark POST /api/contacts/import end to end on a messy 100,000-row CSV.
 
-    .venv/bin/python scripts/bench_import.py [--rows 100000] [--runs 2] [--group]
+    .venv/bin/python scripts/bench_import.py [--rows 100000] [--runs 2] [--group] [--distinct-names]
+        [--index-costs ROUNDS]
 
 Creates a throwaway database (on DATABASE_URL's server, or an embedded PostgreSQL it starts), a
 user with a token and a group, and starts the API as a real process (uvicorn, one worker). The
@@ -19,17 +20,29 @@ validate = checks and duplicates; names = Postgres judging the names, on a secon
 while the first writes; write = time in Postgres; wait = Postgres idle, waiting for numbers; commit) and the share of the end-to-end time spent parsing phones. Parsing overlaps the
 writes (Postgres writes batch k while the workers parse batch k+1), so the shares do not add up.
 The load average is printed too: other work on the machine moves these figures a lot.
-Target on a 2-core machine: < 5 s, < 400 MB.
+
+The floor, measured in the same run right after each import: (a) `COPY` of the rows the import
+accepted (name, phone, email) into the same table, public.contacts with all its indexes, triggers
+and checks, as a second user, in a transaction rolled back (then VACUUM); (b) the phone parsing's
+CPU seconds divided by the cores. The ratio printed is end to end / max(a, b); target: <= 1.3.
+On a machine others share, wall time mostly measures waiting for a core: the script also prints
+the CPU the import used (the API process, its parsing workers, and the database's server
+processes when the server runs on this machine) against the CPU of the floor's two parts.
+With --index-costs, each index on contacts is then dropped in turn (inside a rolled-back
+transaction) and the same COPY timed without it, in alternating rounds: what each index costs.
+Target on a 2-core machine: < 5 s, < 400 MB, end to end within 1.3x of the floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import random
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,9 +93,20 @@ def messy(rng: random.Random, digits: str) -> str:
     )
 
 
-def make_csv(rows: int, seed: int = 6, suffix: str = "") -> tuple[bytes, dict[str, int]]:
+def letters(i: int) -> str:
+    """A word of its own for each i: A, B, ..., Z, Ba, Bb, ... (a plain name needs no cleaning)."""
+    word = ""
+    while True:
+        i, digit = divmod(i, 26)
+        word = chr(ord("a") + digit) + word
+        if not i:
+            return word.capitalize()
+
+
+def make_csv(rows: int, seed: int = 6, suffix: str = "", distinct_names: bool = False) -> tuple[bytes, dict[str, int]]:
     """The file and what a correct import must answer for it (as a first import). The same seed
-    gives the same numbers; a `suffix` on every last name makes each contact's name change."""
+    gives the same numbers; a `suffix` on every last name makes each contact's name change. Names
+    repeat (12 first names, 10 last names) unless `distinct_names` adds a word of each row's own."""
     rng = random.Random(seed)
     lines = ["Nombre,Apellido,Teléfono,Correo"]
     seen: list[str] = []  # digits of valid numbers so far
@@ -104,6 +128,7 @@ def make_csv(rows: int, seed: int = 6, suffix: str = "") -> tuple[bytes, dict[st
             phone = messy(rng, digits)
         email = f"{first.lower()}.{i}@example.com" if rng.random() < 0.6 else ""
         name = f'"{first}, {last}"' if rng.random() < 0.05 else first
+        last += f" {letters(i)}" if distinct_names else ""
         lines.append(f"{name},{last}{suffix},{phone},{email}")
     expected = {"total_rows": rows, "created": len(seen), "skipped_duplicates": duplicates, "invalid_count": invalid}
     return ("\n".join(lines) + "\n").encode("utf-8"), expected
@@ -143,6 +168,48 @@ class Sampler(threading.Thread):
         self.join()
 
 
+class CpuUse:
+    """CPU seconds (user + system) of the API process, of its children (the parsing workers) and of
+    the benchmark database's server processes (when the server runs on this machine), per process,
+    so a delta counts processes that started in between. Steadier than wall time when other work
+    shares the machine: it tells how much work an import is, not how long it waited for a core."""
+
+    def __init__(self, api_pid: int, admin_url: str) -> None:
+        self.api = psutil.Process(api_pid)
+        self.admin_url = admin_url
+
+    async def _server_pids(self) -> list[int]:
+        conn = await asyncpg.connect(self.admin_url)
+        try:
+            rows = await conn.fetch(
+                "select pid from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        return [r["pid"] for r in rows]
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        def cpu(process: psutil.Process) -> float:
+            times = process.cpu_times()
+            return float(times.user + times.system)
+
+        kids: dict[int, float] = {}
+        for child in self.api.children(recursive=True):
+            try:
+                kids[child.pid] = cpu(child)
+            except psutil.Error:
+                pass
+        server = {pid: used for pid in asyncio.run(self._server_pids()) if (used := backend_cpu(pid)) is not None}
+        return {"API": {self.api.pid: cpu(self.api)}, "workers": kids, "Postgres": server}
+
+    @staticmethod
+    def used(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+        return {
+            group: sum(seconds - before[group].get(pid, 0.0) for pid, seconds in after[group].items())
+            for group in after
+        }
+
+
 def server_timing(header: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for part in header.split(","):
@@ -165,12 +232,15 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) ->
     raise SystemExit("the API did not start")
 
 
-async def setup(db_url: str, data_dir: Path, public_url: str) -> tuple[str, str, str]:
+async def setup(db_url: str, data_dir: Path, public_url: str) -> tuple[str, str, str, str, str, str]:
+    """The app's URL, a token, a group; the admin URL, the importing user and a second user (the
+    floor's COPY writes the same rows as that user, so (created_by, phone) stays unique)."""
     prepared = await prepare(Settings(_env_file=None, database_url=db_url, data_dir=data_dir))  # type: ignore[call-arg]
     key = local_signing_key(data_dir, None)
     pool = await create_pool(prepared.app_url, min_size=1, max_size=2)
     provider = LocalProvider(pool, key, public_url + "/auth/v1", 3600, 30)
     await provider.create_user("bench@example.com", "bench password 1")
+    other = await provider.create_user("floor@example.com", "bench password 2")
     session = await provider.login("bench@example.com", "bench password 1", "127.0.0.1", "bench")
     await pool.close()
     admin = await asyncpg.connect(prepared.admin_url)
@@ -178,7 +248,110 @@ async def setup(db_url: str, data_dir: Path, public_url: str) -> tuple[str, str,
         "insert into groups (created_by, name) values ($1, 'Importados') returning id::text", session.user.id
     )
     await admin.close()
-    return prepared.app_url, session.access_token, str(group)
+    return prepared.app_url, session.access_token, str(group), prepared.admin_url, str(session.user.id), str(other.id)
+
+
+COLUMNS = ["created_by", "name", "phone", "email"]
+
+
+async def index_drops(admin_url: str) -> dict[str, str]:
+    """Each index on contacts and the statement that removes it (with its constraint, and what
+    depends on that: the foreign keys that reference contacts)."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        rows = await conn.fetch(
+            "select i.relname as index, c.conname as constraint from pg_index x"
+            " join pg_class i on i.oid = x.indexrelid"
+            " left join pg_constraint c on c.conindid = x.indexrelid and c.conrelid = x.indrelid"
+            " where x.indrelid = 'public.contacts'::regclass order by i.relname"
+        )
+    finally:
+        await conn.close()
+    return {
+        r["index"]: (
+            f'alter table public.contacts drop constraint "{r["constraint"]}" cascade'
+            if r["constraint"]
+            else f'drop index public."{r["index"]}"'
+        )
+        for r in rows
+    }
+
+
+def backend_cpu(pid: int) -> float | None:
+    """CPU seconds a server process has used (user + system), when the server runs on this machine:
+    steadier than wall time on a machine others share."""
+    try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+            return None  # a server elsewhere: the pid is not one of ours
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def copy_floor(
+    admin_url: str, owner: str, other: str, variants: dict[str, list[str]], rounds: int = 1
+) -> dict[str, list[tuple[float, float | None]]]:
+    """Seconds `COPY` takes to write the contacts `owner` has (the rows the import accepted) into
+    public.contacts again as `other`, for each variant (statements run first, untimed, in the same
+    transaction: dropping indexes); wall time and the server process's CPU time. Each COPY is
+    rolled back and the table vacuumed after it."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        pid = await conn.fetchval("select pg_backend_pid()")
+        data = io.BytesIO()
+        await conn.copy_from_query(
+            "select $1::uuid, name, phone, email from public.contacts where created_by = $2::uuid order by phone",
+            other,
+            owner,
+            output=data,
+        )
+        out: dict[str, list[tuple[float, float | None]]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, statements in variants.items():
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    for statement in statements:
+                        await conn.execute(statement)
+                    data.seek(0)
+                    cpu, began = backend_cpu(pid), time.perf_counter()
+                    await conn.copy_to_table("contacts", schema_name="public", source=data, columns=COLUMNS)
+                    wall, cpu_after = time.perf_counter() - began, backend_cpu(pid)
+                    out[name].append((wall, None if cpu is None or cpu_after is None else cpu_after - cpu))
+                finally:
+                    await tx.rollback()
+                await conn.execute("vacuum public.contacts")
+        return out
+    finally:
+        await conn.close()
+
+
+def index_costs(admin_url: str, owner: str, other: str, rounds: int) -> None:
+    """COPY with every index, without each one in turn, with none, and with no trigger (nor the
+    foreign key's check), in alternating rounds."""
+    drops = asyncio.run(index_drops(admin_url))
+    variants = {"all indexes": [], **{f"without {name}": [sql] for name, sql in drops.items()}}
+    variants["no index at all"] = list(drops.values())
+    variants["all indexes, no trigger or foreign-key check"] = ["set local session_replication_role = replica"]
+    times = asyncio.run(copy_floor(admin_url, owner, other, variants, rounds))
+
+    def medians(name: str) -> tuple[float, float | None]:
+        cpus = [c for _, c in times[name] if c is not None]
+        return statistics.median(w for w, _ in times[name]), statistics.median(cpus) if cpus else None
+
+    full_wall, full_cpu = medians("all indexes")
+    print(f"\nCOPY of the accepted rows into contacts, median of {rounds} alternating rounds (wall; server CPU):")
+    for name in times:
+        wall, cpu = medians(name)
+        line = f"  {name:<48} wall {wall:5.2f} s"
+        if cpu is not None and full_cpu is not None:
+            line += f"  CPU {cpu:5.2f} s"
+            if name != "all indexes":
+                line += f"  (costs {full_cpu - cpu:+.2f} CPU-s, {(full_cpu - cpu) / full_cpu:+.0%} of the COPY)"
+        elif name != "all indexes":
+            line += f"  (costs {full_wall - wall:+.2f} s, {(full_wall - wall) / full_wall:+.0%})"
+        print(line + "  [" + ", ".join(f"{w:.2f}" for w, _ in times[name]) + "]")
 
 
 def main() -> None:
@@ -186,11 +359,17 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=2, help="the first is a skip import, the next ones update")
     ap.add_argument("--group", action="store_true", help="also add every contact to a group (group_ids)")
+    ap.add_argument("--distinct-names", action="store_true", help="a name of its own on every row (real books)")
+    ap.add_argument("--index-costs", type=int, default=0, metavar="ROUNDS",
+                    help="after the runs, time the floor's COPY without each index of contacts, in ROUNDS rounds")  # fmt: skip
     args = ap.parse_args()
 
     started = time.perf_counter()
-    content, expected = make_csv(args.rows)
-    files = [content] + [make_csv(args.rows, suffix=f" {run}")[0] for run in range(2, args.runs + 1)]
+    content, expected = make_csv(args.rows, distinct_names=args.distinct_names)
+    files = [content]
+    files += [
+        make_csv(args.rows, suffix=f" {run}", distinct_names=args.distinct_names)[0] for run in range(2, args.runs + 1)
+    ]
     print(
         f"generated {args.rows:,} rows ({len(content) / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
         flush=True,
@@ -223,7 +402,7 @@ def main() -> None:
     try:
         port = free_port()
         public_url = f"http://127.0.0.1:{port}"
-        app_url, token, group = asyncio.run(setup(db_url, data_dir, public_url))
+        app_url, token, group, admin_url, owner, other = asyncio.run(setup(db_url, data_dir, public_url))
         env = {
             **os.environ,
             "DATABASE_URL": db_url,
@@ -245,6 +424,8 @@ def main() -> None:
                 mode = "skip" if run == 1 else "update"
                 sampler = Sampler(api.pid)
                 sampler.start()
+                meter = CpuUse(api.pid, admin_url)
+                cpu_before = meter.snapshot()
                 began = time.perf_counter()
                 response = http.post(
                     "/api/contacts/import",
@@ -252,6 +433,7 @@ def main() -> None:
                     data={"on_duplicate": mode, **({"group_ids": group} if args.group else {})},
                 )
                 elapsed = time.perf_counter() - began
+                cpu_used = CpuUse.used(cpu_before, meter.snapshot())
                 sampler.stop()
                 if response.status_code != 200:
                     raise SystemExit(f"the import answered {response.status_code}: {response.text[:500]}")
@@ -267,6 +449,12 @@ def main() -> None:
                 what += ", into a group" if args.group else ""
                 print(f"\nrun {run} (on_duplicate={mode}; {what}): {got} {verdict}")
                 print(f"  end to end        {elapsed:6.2f} s   {args.rows / elapsed:,.0f} rows/s")
+                cores = os.cpu_count() or 1
+                total_cpu = sum(cpu_used.values())
+                print(
+                    "  CPU used          " + "  ".join(f"{k} {v:.2f} s" for k, v in cpu_used.items())
+                    + f"  total {total_cpu:.2f} CPU-s ({total_cpu / cores:.2f} s over {cores} cores)"
+                )  # fmt: skip
                 print(
                     f"  peak RSS          API process {sampler.peak_main / 1e6:.0f} MB;"
                     f" with children {sampler.peak_total / 1e6:.0f} MB (children alone {sampler.peak_children / 1e6:.0f} MB)"
@@ -279,6 +467,26 @@ def main() -> None:
                     f" sent to the pool to the last parsed, overlapping the writes; {cpu:.2f} CPU-s over the workers)",
                     flush=True,
                 )
+                copy_s, copy_cpu = asyncio.run(copy_floor(admin_url, owner, other, {"floor": []}))["floor"][0]
+                floor = max(copy_s, cpu / cores)
+                server_cpu = f" ({copy_cpu:.2f} CPU-s in the server)" if copy_cpu is not None else ""
+                print(
+                    f"  floor             COPY of the {expected['created']:,} accepted rows into contacts {copy_s:.2f} s"
+                    f"{server_cpu}; parsing {cpu:.2f} CPU-s / {cores} cores = {cpu / cores:.2f} s"
+                )
+                print(
+                    f"  ratio             end to end / floor = {elapsed:.2f} / {floor:.2f} = {elapsed / floor:.2f} (target <= 1.3)",
+                    flush=True,
+                )
+                if copy_cpu is not None:
+                    # The work, steadier than the time on a shared machine: all the CPU the import
+                    # used against the CPU of the floor's two parts (COPY in the server, parsing).
+                    work = copy_cpu + cpu
+                    print(
+                        f"  work              import CPU / floor CPU = {total_cpu:.2f} / ({copy_cpu:.2f} + {cpu:.2f})"
+                        f" = {total_cpu / work:.2f}",
+                        flush=True,
+                    )
                 if run == 1:
                     rows = f"{args.rows:,} rows{', into a group' if args.group else ''}"
                     benchlib.record("import", f"end to end, {rows} (CSV through the API)", elapsed, "s", "< 5")
@@ -286,6 +494,13 @@ def main() -> None:
                     benchlib.record("import", "peak RSS of the API process", sampler.peak_main / 1e6, "MB", "< 400")
                     benchlib.record("import", "share of time in phone parsing (overlaps the writes)",
                                     100 * parse / elapsed, "%", "")  # fmt: skip
+                    benchlib.record("import", "floor: COPY of the accepted rows into contacts", copy_s, "s", "")
+                    benchlib.record("import", "floor: phone parsing CPU / cores", cpu / cores, "s", "")
+                    benchlib.record("import", "end to end / floor", elapsed / floor, "x", "<= 1.3")
+                    if copy_cpu is not None:
+                        benchlib.record("import", "import CPU / floor CPU", total_cpu / (copy_cpu + cpu), "x", "")
+            if args.index_costs:
+                index_costs(admin_url, owner, other, args.index_costs)
     finally:
         if api is not None:
             api.terminate()

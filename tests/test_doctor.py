@@ -323,12 +323,13 @@ async def test_the_real_bridge_passes(settings: Settings, tmp_path: Path) -> Non
 
 async def test_chromium_must_be_found_for_the_wwebjs_driver(settings: Settings) -> None:
     real = with_(settings, whatsapp_driver="wwebjs")
-    missing = await doctor.check_chromium(real, "/nonexistent/chromium")
+    missing = await doctor.check_chromium(with_(real, chrome_path="/nonexistent/chromium"))
     assert missing.level == "error" and "CHROME_PATH /nonexistent/chromium" in missing.message
     assert "apt-get install chromium" in missing.fix
-    assert (await doctor.check_chromium(settings, "/nonexistent/chromium")).level == "ok"  # the simulator
+    simulator = with_(settings, chrome_path="/nonexistent/chromium")
+    assert (await doctor.check_chromium(simulator)).level == "ok"  # the simulator starts no browser
     if HAS_CHROMIUM:
-        found = await doctor.check_chromium(real, str(SYSTEM_CHROMIUM))
+        found = await doctor.check_chromium(with_(real, chrome_path=str(SYSTEM_CHROMIUM)))
         assert found.level == "ok" and "Chromium" in found.message
 
 

@@ -396,6 +396,18 @@ async def test_formula_payloads_are_stored_as_plain_text(
     assert await book(admin, user.id) == stored
 
 
+async def test_a_name_repeated_on_several_rows_is_cleaned_or_refused_on_each_row(
+    client: httpx.AsyncClient, make_user: Any, admin: asyncpg.Connection
+) -> None:
+    # Postgres judges each distinct name once per batch; every row still gets its own verdict.
+    user = await make_user()
+    text = f'name,phone\n"Ana  Pérez ",{ANA}\nsee www.example.com,{BOB}\n"Ana  Pérez ",{CAROL}\nsee www.example.com,{DAVID}\n'
+    body = await imported(client, user, text.encode())
+    assert counts(body) == (4, 2, 0, 0, 2, 0)
+    assert [(i["row"], i["column"]) for i in body["invalid"]] == [(3, "name"), (5, "name")]
+    assert await book(admin, user.id) == {ANA: ("Ana Pérez", None), CAROL: ("Ana Pérez", None)}
+
+
 async def test_a_row_without_a_name_is_named_by_its_phone(
     client: httpx.AsyncClient, make_user: Any, admin: asyncpg.Connection
 ) -> None:

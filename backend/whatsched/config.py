@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     whatsapp_numbers: int = Field(default=1, ge=1, le=20)
     whatsapp_session_path: Path | None = None
     whatsapp_puppeteer_args: str = "--no-sandbox"
+    # System Chromium of the wwebjs driver: the bridge reads CHROME_PATH itself; the doctor checks it.
+    chrome_path: str = "/usr/bin/chromium"
 
     # Auth
     auth_provider: Literal["local", "supabase"] | None = None

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from whatsched.config import Settings
 from whatsched.errors import ConfigError
@@ -69,14 +68,6 @@ def warning(check: str, message: str, fix: str = "") -> Finding:
 
 def error(check: str, message: str, fix: str = "") -> Finding:
     return Finding("error", check, message, fix)
-
-
-class BridgeEnvironment(BaseSettings):
-    """What only the bridge reads (bridge/src/config.js), from the same environment and .env."""
-
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
-
-    chrome_path: str = "/usr/bin/chromium"
 
 
 def _safe_url(url: str) -> str:
@@ -449,9 +440,11 @@ async def check_bridge(settings: Settings, timeout_s: float = 5.0) -> Finding:
     )
 
 
-async def check_chromium(settings: Settings, chrome_path: str, timeout_s: float = 15.0) -> Finding:
+async def check_chromium(settings: Settings, timeout_s: float = 15.0) -> Finding:
+    """CHROME_PATH, which only the bridge uses, read from the same Settings as everything else."""
     if settings.whatsapp_driver != "wwebjs":
         return ok("chromium", "not needed: the simulator driver starts no browser")
+    chrome_path = settings.chrome_path
     path = Path(chrome_path)
     if not _executable(path):
         found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -690,11 +683,9 @@ async def run(
     settings: Settings,
     *,
     bridge_dir: Path | None = None,
-    chrome_path: str | None = None,
     timeout_s: float = 5.0,
 ) -> list[Finding]:
     """Every check, in a fixed order (the network ones concurrently)."""
-    chrome = chrome_path or BridgeEnvironment().chrome_path
 
     async def one(check: Callable[[], Awaitable[Finding]]) -> list[Finding]:
         return [await check()]
@@ -703,7 +694,7 @@ async def run(
         check_database(settings, timeout_s),
         one(lambda: check_auth(settings, timeout_s)),
         one(lambda: check_bridge(settings, timeout_s)),
-        one(lambda: check_chromium(settings, chrome)),
+        one(lambda: check_chromium(settings)),
         one(lambda: check_redis(settings, timeout_s)),
     )
     return [

@@ -878,12 +878,13 @@ parallel safe
 set search_path = ''
 as $$
   -- contact_name runs once per name that needs it (a composite's two fields read in the select
-  -- list would call it twice).
+  -- list would call it twice), and never for a plain one: `offset 0` keeps the planner from
+  -- inlining the subqueries, which would compute plain_name twice and call contact_name anyway.
   select coalesce(array_agg(case when u.plain then u.raw else c.name end order by u.i), '{}'),
          coalesce(array_agg(case when u.plain then null else c.problem end order by u.i), '{}')
   from (select r.raw, r.i, coalesce(private.plain_name(r.raw), false) as plain
-        from unnest(p_raw) with ordinality as r (raw, i)) as u
-  left join lateral (select * from private.contact_name(u.raw) where not u.plain) as c on true;
+        from unnest(p_raw) with ordinality as r (raw, i) offset 0) as u
+  left join lateral (select * from private.contact_name(u.raw) where not u.plain offset 0) as c on true;
 $$;
 
 create or replace function private.refuse_field(p_field text, p_problem text)
@@ -962,3 +963,10 @@ grant execute on function
   private.contact_names(text[]), private.group_name(text), private.group_description(text),
   private.refuse_field(text, text)
   to authenticated, service_role;
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on function public.spam_check(uuid, timestamptz) is 'The spam guard''s verdict on a message sent at p_at (default: its scheduled_for, else now): the rules it breaks, empty when none, null when the caller cannot see it.';
+comment on function public.rate_limit_status(text) is 'What is left of the caller''s per-minute limit for p_action (schedule | group_create): {limit, remaining, reset, retry_after}, the X-RateLimit-* headers.';

@@ -81,6 +81,14 @@ class Timings:
     started: float = field(default_factory=time.perf_counter)
 
 
+def _take(values: list[str | None], codes: Any) -> list[str | None]:
+    """`values[code]` for each code, as a list."""
+    import numpy as np
+
+    out: list[str | None] = np.asarray(values, dtype=object)[codes].tolist()
+    return out
+
+
 def _shown(value: Any) -> str:
     text = str(value)
     return text if len(text) <= VALUE_SHOWN_MAX else text[: VALUE_SHOWN_MAX - 1] + "…"
@@ -204,14 +212,18 @@ class Validator:
         """The batch's names as Postgres stores them, and why any is refused (None: no name column)."""
         if not self.plan.name:
             return None
+        import pandas as pd
+
         frame = self.table.frame.iloc[start:end]
         raw = frame[self.plan.name[0]]
         for extra in self.plan.name[1:]:
             raw = raw + " " + frame[extra]
+        # Each distinct raw name is judged once (lists repeat first names), then mapped back.
+        codes, distinct = pd.factorize(raw, sort=False, use_na_sentinel=False)
         mark = time.perf_counter()
-        names, problems = await judge(raw.tolist())
+        names, problems = await judge(distinct.tolist())
         self.timings.names += time.perf_counter() - mark
-        return Names(names, problems)
+        return Names(_take(names, codes), _take(problems, codes))
 
     def _timed_decide(self, start: int, end: int, judged: Names | None) -> Batch:
         mark = time.perf_counter()
