@@ -399,3 +399,99 @@ create index contacts_created_by_name_order_idx
   on public.contacts (created_by, (lower(name)) collate private.name_order, id);
 create index groups_created_by_name_order_idx
   on public.groups (created_by, (lower(name)) collate private.name_order, id);
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on table public.profiles is 'One per auth.users row, made when the user signs up: their display name, role, timezone and default country.';
+comment on column public.profiles.id is 'The auth.users row this profile belongs to.';
+comment on column public.profiles.display_name is 'The name shown for the user (at sign-up: their metadata''s name, else the e-mail before the @).';
+comment on column public.profiles.role is 'user | admin: admins see and manage every user''s rows (private.is_admin).';
+comment on column public.profiles.timezone is 'The user''s IANA timezone: analytics days, quiet hours and recurrences are in it.';
+comment on column public.profiles.default_country is 'The country (ISO 3166 alpha-2) a phone written without its country code is read in.';
+
+comment on table public.contacts is 'A user''s contacts: the people their messages reach, one per phone per owner (created_by).';
+comment on column public.contacts.phone is 'The contact''s WhatsApp number in E.164 (+ and up to 15 digits), unique per owner.';
+comment on column public.contacts.is_active is 'Set by the owner: an inactive contact receives no message.';
+comment on column public.contacts.opted_out_at is 'When the contact opted out (a keyword reply, or by hand); null: not opted out.';
+comment on column public.contacts.opted_out_keyword is 'The keyword of the reply that opted the contact out (null: opted out by hand, or not at all).';
+comment on column public.contacts.can_receive is 'Whether the contact may be messaged (active and not opted out): the one definition every recipient query uses.';
+
+comment on table public.groups is 'A user''s named lists of contacts; a message is addressed to groups.';
+comment on column public.groups.contact_count is 'Members of the group, kept exact by the triggers of 20261129000500_derived_counts.';
+
+comment on table public.group_contacts is 'The members of each group; both sides belong to the same owner (composite foreign keys).';
+comment on column public.group_contacts.group_id is 'The group.';
+comment on column public.group_contacts.contact_id is 'The contact that is a member of it.';
+comment on column public.group_contacts.added_at is 'When the contact was added to the group.';
+
+comment on table public.messages is 'A user''s WhatsApp messages, from draft to sent; status changes follow the state machine of 20261129000300_message_state_machine.';
+comment on column public.messages.content is 'The text, cleaned (line breaks, NFC, no control characters or HTML), 1 to 4096 characters; {{name}} becomes each recipient''s name.';
+comment on column public.messages.scheduled_for is 'When the message is due to start sending; required to schedule it.';
+comment on column public.messages.status is 'draft | scheduled | sending | sent | paused | cancelled | failed; sent, cancelled and failed are final.';
+comment on column public.messages.sent_at is 'When sending ended with at least one delivery accepted by WhatsApp; null until then.';
+comment on column public.messages.recipient_count is 'Deliveries of the message (its recipients once fanned out), kept exact by the triggers of 20261129000500_derived_counts.';
+comment on column public.messages.delivered_count is 'Deliveries WhatsApp accepted (sent, delivered or read), kept exact by the triggers of 20261129000500_derived_counts.';
+comment on column public.messages.failed_count is 'Deliveries that failed, kept exact by the triggers of 20261129000500_derived_counts.';
+comment on column public.messages.recurrence is 'A 5-field cron expression in the owner''s timezone: each occurrence sent schedules the next; null: sent once.';
+comment on column public.messages.recurrence_parent_id is 'The occurrence this one follows in a recurring series; null: the first, or not recurring.';
+
+comment on table public.message_groups is 'The groups a message is addressed to (same owner, by composite foreign keys).';
+comment on column public.message_groups.message_id is 'The message.';
+comment on column public.message_groups.group_id is 'A group it is addressed to; its members who can receive are recipients.';
+
+comment on table public.deliveries is 'One per (message, recipient phone), made when the message starts sending: what became of it for that recipient; written only by the dispatcher and triggers.';
+comment on column public.deliveries.message_id is 'The message delivered.';
+comment on column public.deliveries.contact_id is 'The contact it was fanned out to; null once that contact is deleted (phone and contact_name stay).';
+comment on column public.deliveries.phone is 'The recipient''s phone in E.164, as it was when the message started sending.';
+comment on column public.deliveries.contact_name is 'The contact''s name when the message started sending, which {{name}} renders to.';
+comment on column public.deliveries.state is 'pending | sending | sent | delivered | read | failed | cancelled | skipped; sent: WhatsApp accepted it, delivered and read: its acks, skipped: see last_error_code.';
+comment on column public.deliveries.attempts is 'How many times a worker has claimed it to send.';
+comment on column public.deliveries.next_attempt_at is 'No attempt before this time (a retry''s backoff, the owner''s quiet hours).';
+comment on column public.deliveries.last_error_code is 'The stable code of the last failure or skip (such as opted_out or held_by_rules); null: none.';
+comment on column public.deliveries.last_error is 'The last failure or skip in words, as the bridge or the rules gave it.';
+comment on column public.deliveries.whatsapp_message_id is 'WhatsApp''s id of the sent message, which its acks name.';
+comment on column public.deliveries.idempotency_key is 'message id:phone; the bridge replays a send it already made under this key instead of sending twice.';
+comment on column public.deliveries.claimed_by is 'The worker that last claimed it.';
+comment on column public.deliveries.lease_expires_at is 'While sending: when another worker may take it over (the one that claimed it may have crashed).';
+comment on column public.deliveries.sent_at is 'When WhatsApp accepted it.';
+comment on column public.deliveries.delivered_at is 'When WhatsApp reported it delivered to the phone.';
+comment on column public.deliveries.read_at is 'When WhatsApp reported it read.';
+comment on column public.deliveries.failed_at is 'When it failed.';
+
+comment on table public.notifications is 'Notices for one user (the guide''s shape), written when something needs their attention; each new one is pushed by realtime.';
+comment on column public.notifications.user_id is 'The user it is for.';
+comment on column public.notifications.type is 'success | error | warning | info: how the client shows it.';
+comment on column public.notifications.title is 'Its headline, at most 200 characters.';
+comment on column public.notifications.message is 'Its text, at most 2000 characters.';
+comment on column public.notifications.is_read is 'Whether the user has marked it read.';
+comment on column public.notifications.related_entity_type is 'message | group | contact: what it is about, with related_entity_id; null: nothing in particular.';
+comment on column public.notifications.related_entity_id is 'The id of the message, group or contact it is about (no foreign key: it may be deleted since).';
+
+comment on table public.replies is 'What a recipient wrote back, one row per user who wrote to that phone lately; written only by private.record_reply.';
+comment on column public.replies.created_by is 'The user this copy of the reply is kept for (one who sent that phone a message lately).';
+comment on column public.replies.contact_id is 'That user''s contact with the phone; null if none.';
+comment on column public.replies.phone is 'The sender''s phone in E.164.';
+comment on column public.replies.text is 'What they wrote, at most 4096 characters.';
+comment on column public.replies.kind is 'reply | opt_out | opt_in: what the whole text meant (public.reply_kind).';
+comment on column public.replies.message_id is 'The last message sent to this phone by this owner when the reply arrived, if any.';
+comment on column public.replies.whatsapp_message_id is 'WhatsApp''s id of the incoming message; kept once per owner.';
+comment on column public.replies.received_at is 'When the reply arrived, as the bridge reported it.';
+
+comment on table public.message_counts is 'Messages per (owner, status), the list''s total: sum n over the shards; written only by the triggers of 20261129000500_derived_counts.';
+comment on column public.message_counts.created_by is 'The owner whose messages are counted.';
+comment on column public.message_counts.status is 'The message status counted.';
+comment on column public.message_counts.shard is 'The writing transaction''s id, so status changes never wait on each other; 0: rows folded by private.compact_message_counts.';
+comment on column public.message_counts.n is 'This shard''s share of the count (a change may be negative).';
+
+comment on table public.message_audiences is 'Who a message not yet fanned out would reach right now (the cached public.message_recipient_count); written only by the triggers of 20261129000500_derived_counts.';
+comment on column public.message_audiences.message_id is 'The message, not fanned out yet.';
+comment on column public.message_audiences.recipients is 'Distinct phones among its groups'' members who can receive.';
+comment on column public.message_audiences.computed_at is 'When recipients was last recomputed.';
+
+comment on table public.sync_operations is 'The stored answer of each offline operation, so a replayed client_op_id returns it instead of acting twice.';
+comment on column public.sync_operations.user_id is 'The user who sent the operation.';
+comment on column public.sync_operations.client_op_id is 'The client''s id of the operation, unique per user.';
+comment on column public.sync_operations.status is 'The HTTP status of the stored answer.';
+comment on column public.sync_operations.body is 'The JSON body of the stored answer.';

@@ -403,3 +403,14 @@ revoke execute on function
   public.schedule_message(uuid, timestamptz), public.pause_message(uuid), public.resume_message(uuid),
   public.cancel_message(uuid), public.duplicate_message(uuid), public.message_recipient_count(uuid)
   from anon, public;
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on function public.message_recipient_count(uuid) is 'How many distinct phones the message would reach now: the members of its groups who can receive.';
+comment on function public.schedule_message(uuid, timestamptz) is 'Schedule a draft (draft -> scheduled) for p_scheduled_for, else its scheduled_for; the send-time rules, the rate limit and the spam guard apply.';
+comment on function public.pause_message(uuid) is 'Pause a scheduled or sending message: nothing more is sent until it is resumed.';
+comment on function public.resume_message(uuid) is 'Resume a paused message: back to scheduled if nothing was fanned out yet, else to sending; the spam guard applies again.';
+comment on function public.cancel_message(uuid) is 'Cancel a draft, scheduled, paused or sending message; its deliveries not sent yet are cancelled.';
+comment on function public.duplicate_message(uuid) is 'A new draft with the message''s content, recurrence, groups and WhatsApp number (while the caller may still use it).';

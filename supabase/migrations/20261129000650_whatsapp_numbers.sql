@@ -989,3 +989,51 @@ grant execute on function
   private.observe_bridges(jsonb), private.frozen_numbers(uuid[], double precision, double precision, double precision),
   private.restart_watched_numbers(uuid[], double precision, double precision, double precision, integer, double precision)
   to service_role;
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on table public.whatsapp_numbers is 'The WhatsApp numbers messages leave from, each driven by its own bridge; the first row (''Principal'') is the deployment''s default.';
+comment on column public.whatsapp_numbers.label is 'The name people know the number by, 1 to 100 characters.';
+comment on column public.whatsapp_numbers.phone is 'The number in E.164, once its bridge has reported it.';
+comment on column public.whatsapp_numbers.bridge_url is 'The bridge process that drives it; null for the default row means the deployment''s BRIDGE_URL.';
+comment on column public.whatsapp_numbers.status is 'Our state: stopped | starting | qr_needed | connected | failed | paused (by health, until a person resumes it) | blocked (by WhatsApp, or logged out).';
+comment on column public.whatsapp_numbers.raw_state is 'whatsapp-web.js''s own state, as the bridge last reported it.';
+comment on column public.whatsapp_numbers.last_disconnect_reason is 'The reason the bridge gave for the last disconnect.';
+comment on column public.whatsapp_numbers.last_error is 'The last problem the bridge reported, or why health paused the number; cleared by a resume.';
+comment on column public.whatsapp_numbers.shared is 'Whether every user may send from it; if not, only its assigned users (whatsapp_number_users), its owner and admins.';
+comment on column public.whatsapp_numbers.owner_id is 'A self-service number''s owner; null for the deployment''s numbers (added by admins).';
+comment on column public.whatsapp_numbers.is_default is 'The deployment''s default number (one row): a message with no number of its own nor an owner''s default leaves from it.';
+comment on column public.whatsapp_numbers.reported_status is 'What the bridge last said, in our words but without health''s pause (a resume goes back to it).';
+comment on column public.whatsapp_numbers.health_reset_at is 'Health facts before this no longer count (set by a resume).';
+comment on column public.whatsapp_numbers.ramp_until is 'Until then the number sends at the ramp''s lower pace (set by a resume).';
+comment on column public.whatsapp_numbers.status_changed_at is 'When status last changed.';
+
+comment on table public.whatsapp_number_users is 'Who may use a number that is not shared, as admins assign them.';
+comment on column public.whatsapp_number_users.number_id is 'The number.';
+comment on column public.whatsapp_number_users.user_id is 'A user who may send from it.';
+
+comment on table public.whatsapp_number_commands is 'start | stop | restart | logout for a number''s bridge, queued for the workers (one at a time per number), with the outcome.';
+comment on column public.whatsapp_number_commands.number_id is 'The number whose bridge runs it.';
+comment on column public.whatsapp_number_commands.action is 'start | stop | restart | logout.';
+comment on column public.whatsapp_number_commands.requested_by is 'Who asked for it; null: the watch''s automatic restart (see reason), or a user since deleted.';
+comment on column public.whatsapp_number_commands.reason is 'Why, when nobody asked: the watch''s automatic restart of a frozen or bloated number.';
+comment on column public.whatsapp_number_commands.requested_at is 'When it was queued.';
+comment on column public.whatsapp_number_commands.claimed_by is 'The worker that took it.';
+comment on column public.whatsapp_number_commands.claimed_at is 'When a worker took it (another may take it two minutes later if it is not done).';
+comment on column public.whatsapp_number_commands.done_at is 'When it finished; null: queued or running.';
+comment on column public.whatsapp_number_commands.result is 'What the bridge answered.';
+comment on column public.whatsapp_number_commands.error is 'Why it failed; null when it did not.';
+
+comment on column public.messages.number_id is 'The WhatsApp number it leaves from; null: its owner''s default, else the deployment''s default (private.message_number).';
+comment on column public.profiles.default_number_id is 'The WhatsApp number the user''s messages leave from when they name none; null: the deployment''s default.';
+
+comment on function public.add_whatsapp_number(text, boolean) is 'Add a WhatsApp number (admins; with self-service numbers, a user adds one of their own, not shared).';
+comment on function public.update_whatsapp_number(uuid, text, boolean) is 'Change a number''s label or sharing (null leaves a field as it is); only an admin shares a number.';
+comment on function public.remove_whatsapp_number(uuid) is 'Remove a number (never the default); its messages fall back to their owner''s default, then the default number.';
+comment on function public.assign_whatsapp_number(uuid, uuid) is 'Let a user send from a number that is not shared (admins); true when the user was not assigned before.';
+comment on function public.unassign_whatsapp_number(uuid, uuid) is 'Take a number back from a user (admins); true when the user was assigned.';
+comment on function public.request_number_action(uuid, text) is 'Queue start, stop, restart or logout for a number''s bridge; a worker runs it.';
+comment on function public.whatsapp_number_qr(uuid) is 'The QR code the number waits to have scanned, null when none (admins, and a self-service number''s owner).';
+comment on function public.resume_whatsapp_number(uuid) is 'Resume a number paused by health: back to what the bridge last said, its score reset, at the ramp''s lower pace for health_ramp_hours.';

@@ -403,3 +403,14 @@ grant execute on function
   public.analytics_messages(date, date, boolean, integer),
   public.analytics_groups(boolean, integer, integer)
   to authenticated, service_role;
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on function public.analytics_daily(date, date, boolean) is 'Per calendar day in the caller''s timezone, p_from to p_to: messages created, deliveries sent and failed; p_all widens an admin''s view to every user.';
+comment on function public.dashboard_counts(boolean) is 'The dashboard''s totals as the caller sees them: messages per status, contacts, groups, deliveries, success rate and 30-day opt-out rate.';
+comment on function public.message_stats(uuid) is 'Delivery statistics of one message: counts per state, success rate, held, replies, opt-outs and a per-minute timeline; null when the caller cannot see it.';
+comment on function public.analytics_dashboard(boolean, integer) is 'public.dashboard_counts plus the daily series of the last p_days days, in the caller''s timezone.';
+comment on function public.analytics_messages(date, date, boolean, integer) is 'Messages created in a day range: totals, daily series, counts per status and the top p_top by recipients.';
+comment on function public.analytics_groups(boolean, integer, integer) is 'One page of groups by name with their reach: members, members still reachable, messages, and deliveries by outcome.';

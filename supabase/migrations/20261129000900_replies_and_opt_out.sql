@@ -333,3 +333,10 @@ create trigger replies_emit_event after insert on public.replies
   for each row execute function private.emit_reply_event();
 
 revoke all on function private.emit_reply_event() from public, anon, authenticated;
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on column public.replies.number_id is 'The WhatsApp number the reply reached; null: a number since removed.';
+comment on function public.reply_kind(text) is 'What a whole message means: opt_out or opt_in when it equals a keyword (ignoring case, accents and punctuation), else reply.';

@@ -396,3 +396,16 @@ $$;
 
 revoke all on function private.record_audit(text, uuid, text, text, jsonb) from public;
 grant execute on function private.record_audit(text, uuid, text, text, jsonb) to service_role;
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on table public.audit_log is 'The audit trail: one append-only row per critical action, written by the database whichever path made the change; users read their own entries, admins all.';
+comment on column public.audit_log.actor_id is 'Who did it; null: the database itself (such as a health pause), or a user since deleted.';
+comment on column public.audit_log.action is 'What was done, such as message.schedule or login_success (the list in this migration''s header).';
+comment on column public.audit_log.entity_type is 'The kind of thing acted on: message, contact, group, profile, whatsapp_number, webhook, user or report.';
+comment on column public.audit_log.entity_id is 'The id of the thing acted on, as text.';
+comment on column public.audit_log.ip is 'The caller''s IP address, from the request''s headers.';
+comment on column public.audit_log.user_agent is 'The caller''s user agent, from the request''s headers.';
+comment on column public.audit_log.details is 'What changed, or what else the action is worth recording with, as JSON.';

@@ -663,3 +663,43 @@ create trigger webhook_endpoints_audit after insert or update or delete on publi
   for each row execute function private.audit_webhook();
 
 revoke all on function private.audit_webhook(), private.check_webhook_endpoint() from public, anon, authenticated;
+
+-- -----------------------------------------------------------------------------
+-- Comments (Supabase Studio and the generated types show them)
+-- -----------------------------------------------------------------------------
+
+comment on table public.webhook_endpoints is 'URLs that receive a user''s events by POST, signed as Standard Webhooks says; owner_id null: deployment-wide (admins).';
+comment on column public.webhook_endpoints.owner_id is 'Whose events it receives; null: every user''s (deployment-wide, admins only).';
+comment on column public.webhook_endpoints.created_by is 'The user who added it (an admin, for a deployment-wide one).';
+comment on column public.webhook_endpoints.url is 'Where the events are POSTed; never a loopback, private, link-local or metadata address unless settings allow it.';
+comment on column public.webhook_endpoints.event_types is 'The event types it receives (private.event_types); empty: all of them.';
+comment on column public.webhook_endpoints.enabled is 'Whether events are sent to it; the database disables it after a 410 or days of failures.';
+comment on column public.webhook_endpoints.disabled_reason is 'Why the database disabled it (a 410, days of failures); cleared when it is enabled again.';
+comment on column public.webhook_endpoints.failing_since is 'The first failure since its last success; null: the last attempt succeeded.';
+comment on column public.webhook_endpoints.secret_rotated_at is 'When its signing secret was last rotated (public.rotate_webhook_secret).';
+
+comment on table public.webhook_deliveries is 'The webhook outbox: one row per event per endpoint, written in the transaction of the change it reports; its id is the webhook-id header.';
+comment on column public.webhook_deliveries.endpoint_id is 'The endpoint it is sent to.';
+comment on column public.webhook_deliveries.event_type is 'The event''s type (private.event_types).';
+comment on column public.webhook_deliveries.body is 'The request body, fixed at the event so every attempt signs and sends the same bytes.';
+comment on column public.webhook_deliveries.state is 'pending (to send, or a retry is due) | delivered (a 2xx) | failed (a 410, or the retry schedule is spent).';
+comment on column public.webhook_deliveries.attempts is 'Attempts made so far.';
+comment on column public.webhook_deliveries.next_attempt_at is 'When the next attempt is due (the retry schedule, never before a Retry-After).';
+comment on column public.webhook_deliveries.leased_by is 'The worker sending it now.';
+comment on column public.webhook_deliveries.leased_until is 'When another worker may take it over.';
+comment on column public.webhook_deliveries.last_status_code is 'The HTTP status of the last attempt; null: no answer.';
+comment on column public.webhook_deliveries.last_error is 'What went wrong in the last attempt.';
+comment on column public.webhook_deliveries.delivered_at is 'When a 2xx answered it.';
+
+comment on table public.webhook_attempts is 'Each attempt at a webhook delivery: status code, latency, error.';
+comment on column public.webhook_attempts.delivery_id is 'The delivery attempted.';
+comment on column public.webhook_attempts.attempt is 'Its number among the delivery''s attempts, from 1.';
+comment on column public.webhook_attempts.at is 'When it was made.';
+comment on column public.webhook_attempts.status_code is 'The HTTP status answered; null: no answer.';
+comment on column public.webhook_attempts.latency_ms is 'How long the receiver took to answer, in milliseconds.';
+comment on column public.webhook_attempts.error is 'What went wrong; null when it succeeded.';
+
+comment on function public.create_webhook_endpoint(text, text[], text, boolean) is 'Register an endpoint for the caller''s events (p_deployment_wide: every user''s, admins only); returns it and its secret, shown this once.';
+comment on function public.rotate_webhook_secret(uuid, double precision) is 'A new signing secret, shown this once; the previous one still signs for p_grace_hours, so receivers can switch without losing an event.';
+comment on function public.replay_webhook_deliveries(uuid, uuid, timestamptz, timestamptz) is 'Send events again with their ids unchanged: one delivery, or the endpoint''s deliveries created in [p_since, p_until); returns how many were queued.';
+comment on function public.ping_webhook_endpoint(uuid) is 'Send a webhook_test event to this endpoint alone (whatever its filter); returns the delivery''s id.';

@@ -1,5 +1,5 @@
 """What every router shares: UTC timestamps with Z (whatsched.models), the page shape, date and
-date-time query parameters, and audit from a request."""
+date-time query parameters, JSON bodies built by Postgres, and audit from a request."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from datetime import date, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 import asyncpg
+from fastapi import Response
 from pydantic import BaseModel, BeforeValidator
 
 from whatsched import audit
 from whatsched.api.deps import Caller
 from whatsched.models import UtcDateTime, utc_iso
 
-__all__ = ["Page", "QueryDate", "QueryDateTime", "UtcDateTime", "audit_action", "utc_iso"]
+__all__ = ["Page", "QueryDate", "QueryDateTime", "UtcDateTime", "audit_action", "pg_json", "utc_iso"]
 
 T = TypeVar("T")
 
@@ -39,6 +40,12 @@ def _iso_text(kind: str, example: str, whole: bool) -> Any:
 # Query parameters documented as `format: date-time` / `format: date` that refuse numbers with 422.
 QueryDateTime = Annotated[datetime, _iso_text("date-time", "2025-01-27T10:00:00Z", whole=False)]
 QueryDate = Annotated[date, _iso_text("date", "2025-01-27", whole=True)]
+
+
+def pg_json(text: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A body Postgres already serialised (json_build_object ...::text), sent as its bytes: the
+    route's response_model documents the shape, nothing parses or validates it on the way out."""
+    return Response(content=text.encode(), status_code=status, media_type="application/json", headers=headers)
 
 
 class Page(BaseModel, Generic[T]):
