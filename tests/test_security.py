@@ -55,6 +55,7 @@ ID_KINDS = {
     "number_id": "number",
     "user_id": "account",
     "endpoint_id": "webhook",
+    "media_id": "media",
 }
 # Path parameters that are not ids: the value the matrix uses.
 LITERALS = {"action": "restart"}
@@ -90,6 +91,7 @@ class Owned:
     account: str  # the user's id
     webhook: str  # a webhook endpoint of the user's
     delivery: str  # a delivery (a test ping) of that endpoint
+    media: str  # an uploaded file (an attachment)
     private: list[str] = field(default_factory=list)  # every id and text only this user's data holds
 
     def id_of(self, kind: str) -> str:
@@ -156,7 +158,12 @@ async def make_owned(client: httpx.AsyncClient, admin: asyncpg.Connection, user:
     ping = await client.post(f"/api/webhooks/{webhook}/test", headers=user.headers)
     assert ping.status_code == 202, ping.text
     delivery: str = ping.json()["delivery_id"]
+    uploaded = await client.post(
+        "/api/media", files={"file": (f"menu-{tag}.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")}, headers=user.headers
+    )
+    media = await created(uploaded)
     private = [
+        media,
         webhook,
         delivery,
         user.id,
@@ -171,7 +178,7 @@ async def make_owned(client: httpx.AsyncClient, admin: asyncpg.Connection, user:
         number.lstrip("+"),
         whatsapp,
     ]
-    return Owned(user, message, sent, group, contact, notification, whatsapp, user.id, webhook, delivery, private)
+    return Owned(user, message, sent, group, contact, notification, whatsapp, user.id, webhook, delivery, media, private)
 
 
 async def snapshot(admin: asyncpg.Connection, owner: str) -> str:

@@ -23,9 +23,13 @@ ERROR_CODES = frozenset(
         "rate_limited",
         "send_failed",
         "not_connected",
+        # An attachment the bridge fetched is not the file described (size or SHA-256): permanent.
+        "media_mismatch",
+        # An attachment the bridge could not fetch: transient.
+        "media_unavailable",
     }
 )
-PERMANENT_CODES = frozenset({"not_registered", "invalid_number", "bad_request", "payload_too_large"})
+PERMANENT_CODES = frozenset({"not_registered", "invalid_number", "bad_request", "payload_too_large", "media_mismatch"})
 
 
 class BridgeError(Exception):
@@ -88,8 +92,13 @@ class BridgeClient:
     async def status(self) -> dict[str, Any]:
         return await self._call("GET", "/status")
 
-    async def send(self, to: str, body: str, idempotency_key: str) -> SendResult:
-        answer = await self._call("POST", "/send", {"to": to, "body": body, "idempotency_key": idempotency_key})
+    async def send(self, to: str, body: str, idempotency_key: str, media: dict[str, Any] | None = None) -> SendResult:
+        """One message; with `media` ({url, sha256, size, mime_type, filename, kind}) an attachment
+        whose caption is `body` (may be empty)."""
+        payload: dict[str, Any] = {"to": to, "body": body, "idempotency_key": idempotency_key}
+        if media is not None:
+            payload["media"] = media
+        answer = await self._call("POST", "/send", payload)
         return SendResult(str(answer["whatsapp_message_id"]), bool(answer.get("replayed", False)))
 
     async def logout(self) -> dict[str, Any]:

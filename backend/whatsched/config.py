@@ -181,6 +181,16 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_disable_after_days: float = Field(default=5, gt=0)
 
+    # Attachments (README, "Attachments"): WhatsApp's limits per kind (bytes), the types allowed as
+    # detected from the bytes (comma-separated; empty: the database's list, Meta's), and whether
+    # images keep their metadata (EXIF: GPS location, camera) when they are stored and sent.
+    media_max_image_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    media_max_video_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    media_max_audio_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    media_max_document_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    media_types: str = ""
+    media_keep_metadata: bool = False
+
     # Contacts import: the largest upload (bytes) and the most data rows one file may bring.
     import_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     import_max_rows: int = Field(default=200_000, ge=1)
@@ -207,6 +217,16 @@ class Settings(BaseSettings):
         if self.auth_provider is not None:
             return self.auth_provider
         return "supabase" if self.supabase_url else "local"
+
+    @property
+    def media_largest_bytes(self) -> int:
+        """The largest file any kind may be: an upload past it is refused while it arrives."""
+        return max(
+            self.media_max_image_bytes,
+            self.media_max_video_bytes,
+            self.media_max_audio_bytes,
+            self.media_max_document_bytes,
+        )
 
     @property
     def effective_public_url(self) -> str:

@@ -27,7 +27,9 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
         " health_weight_failed_ack = $13, health_weight_disconnect = $14, health_weight_opt_out = $15,"
         " health_ramp_hours = $16, health_ramp_share = $17, health_weight_unanswered = $18,"
         " health_unanswered_share = $19, health_unanswered_min = $20, health_unanswered_wait_hours = $21,"
-        " webhook_allow_private = $22, webhook_disable_after_days = $23, updated_at = now() where id",
+        " webhook_allow_private = $22, webhook_disable_after_days = $23, media_max_image_bytes = $24,"
+        " media_max_video_bytes = $25, media_max_audio_bytes = $26, media_max_document_bytes = $27,"
+        " updated_at = now() where id",
         settings.send_daily_cap,
         settings.schedule_per_minute,
         settings.group_create_per_minute,
@@ -51,7 +53,17 @@ async def publish_settings(conn: asyncpg.Connection, settings: Settings) -> None
         settings.health_unanswered_wait_hours,
         settings.webhook_allow_private,
         settings.webhook_disable_after_days,
+        settings.media_max_image_bytes,
+        settings.media_max_video_bytes,
+        settings.media_max_audio_bytes,
+        settings.media_max_document_bytes,
     )
+    # An empty MEDIA_TYPES keeps (or restores) the column's list (Meta's types for WhatsApp).
+    types = _words(settings.media_types)
+    if types:
+        await conn.execute("update private.settings set media_types = $1 where id", types)
+    else:
+        await conn.execute("update private.settings set media_types = default where id")
     # An empty SPAM_WORDS keeps (or restores) the column's Spanish and English defaults.
     words = _words(settings.spam_words)
     if words:

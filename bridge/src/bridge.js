@@ -1,10 +1,11 @@
-// Wires the parts together: the configured driver, the idempotency store, the
-// event publisher and the HTTP server, with start/stop in the right order.
+// Wires the parts together: the configured driver, the idempotency store, the media store,
+// the event publisher and the HTTP server, with start/stop in the right order.
 import { EVENT_TYPES } from './constants.js';
 import { SimulatorDriver } from './drivers/simulator.js';
 import { WwebjsDriver } from './drivers/wwebjs.js';
 import { EventPublisher } from './events.js';
 import { IdempotencyStore } from './idempotency.js';
+import { MediaStore } from './media.js';
 import { createServer } from './server.js';
 
 const ACK_WAIT_MS = 10_000;
@@ -47,7 +48,15 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     log,
     backoff: eventBackoff,
   });
-  const server = createServer({ config, driver, store, log });
+  const media = new MediaStore({
+    dataDir: config.dataDir,
+    token: config.token,
+    eventsUrl: config.eventsUrl, // the token goes to this origin only
+    maxBytes: config.mediaCacheMb * 1024 * 1024,
+    idleMs: config.mediaCacheIdleS * 1000,
+    log,
+  });
+  const server = createServer({ config, driver, store, media, log });
 
   let url = null;
   let publicUrl = config.publicUrl;
@@ -90,6 +99,7 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     config,
     driver,
     store,
+    media,
     events,
     server,
     get url() {
@@ -113,6 +123,7 @@ export function createBridge(config, { log = console.log, clientFactory, backoff
     async stop() {
       await driver.stop();
       await server.close();
+      await media.close(); // no attachment outlives the process
       await acks;
       await events.close({ flushMs: 2000 });
     },

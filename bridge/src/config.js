@@ -51,6 +51,10 @@ export function loadConfig(env = process.env, cwd = process.cwd()) {
     // The event queue's bound (on disk and in memory); superseded statuses are dropped first.
     eventsQueueMaxEvents: intVar(env, 'BRIDGE_EVENTS_QUEUE_MAX', 100_000, 1, 10_000_000),
     eventsQueueMaxMb: intVar(env, 'BRIDGE_EVENTS_QUEUE_MAX_MB', 64, 1, 4096),
+    // Attachments fetched for POST /send, kept under <dataDir>/media while recipients may still need
+    // them: at most this many MiB of files not in use, each dropped after this many idle seconds.
+    mediaCacheMb: intVar(env, 'BRIDGE_MEDIA_CACHE_MB', 512, 1, 1_048_576),
+    mediaCacheIdleS: intVar(env, 'BRIDGE_MEDIA_CACHE_IDLE_S', 300, 1, 86_400),
     simulatorLatencyMs: intVar(env, 'SIMULATOR_LATENCY_MS', 0, 0, 600_000),
     simulatorAckDelayMs: intVar(env, 'SIMULATOR_ACK_DELAY_MS', 50, 0, 600_000),
   };

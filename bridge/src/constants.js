@@ -100,6 +100,12 @@ export const ERRORS = Object.freeze({
   rate_limited: 429,
   send_failed: 502,
   not_connected: 503,
+  // POST /send with `media`: the file at the URL is not the one described (its size or SHA-256
+  // differ). Permanent: fetching the same URL again gives the same bytes; nothing was sent.
+  media_mismatch: 422,
+  // The file could not be fetched (network error, timeout, a non-2xx answer, too many
+  // redirects, the bridge's disk). Transient: a retry (with a fresh signed URL) may succeed.
+  media_unavailable: 502,
 });
 
 // How whatsapp-web.js reports that error when sendMessage fails: the page's error names the
@@ -112,6 +118,12 @@ export const E164_PATTERN = /^\+[1-9]\d{1,14}$/;
 export const MAX_BODY_CHARS = 4096;
 export const MAX_IDEMPOTENCY_KEY_CHARS = 200;
 export const MAX_REQUEST_BYTES = 64 * 1024;
+// POST /send `media`: what the backend describes of the one attachment (the bridge fetches the bytes).
+export const MEDIA_KINDS = Object.freeze(['image', 'video', 'audio', 'document']);
+export const MAX_MEDIA_BYTES = 100 * 1024 * 1024; // WhatsApp's own limit for documents
+export const MAX_MEDIA_URL_CHARS = 2000;
+export const MAX_MEDIA_NAME_CHARS = 255; // mime_type and filename
+export const SHA256_PATTERN = /^[0-9a-f]{64}$/;
 // POST /simulator/inbound: the longest whatsapp_message_id accepted (the backend stores up to 300).
 export const MAX_MESSAGE_ID_CHARS = 300;
 

@@ -1,14 +1,20 @@
-// The bridge's HTTP API (node:http, no framework): authentication, request
-// validation, idempotent sends, session commands, and the simulator's admin routes (including a
-// fake incoming reply and the ways it can be told to misbehave).
+// The bridge's HTTP API (node:http, no framework): authentication, request validation,
+// idempotent sends (an attachment is fetched through the media store, media.js), session
+// commands, and the simulator's admin routes (including a fake incoming reply and the ways it
+// can be told to misbehave).
 import http from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import {
   E164_PATTERN,
   MAX_BODY_CHARS,
   MAX_IDEMPOTENCY_KEY_CHARS,
+  MAX_MEDIA_BYTES,
+  MAX_MEDIA_NAME_CHARS,
+  MAX_MEDIA_URL_CHARS,
   MAX_MESSAGE_ID_CHARS,
   MAX_REQUEST_BYTES,
+  MEDIA_KINDS,
+  SHA256_PATTERN,
   STATUS,
   WA_STATES,
 } from './constants.js';
@@ -22,11 +28,12 @@ export const TOKEN_COOKIE = 'bridge_token';
  * @param {{token: string, driver: string, numberId: string|null}} deps.config
  * @param {import('./drivers/base.js').BaseDriver} deps.driver
  * @param {import('./idempotency.js').IdempotencyStore} deps.store
+ * @param {import('./media.js').MediaStore} deps.media
  * @param {(line: string) => void} [deps.log]
  * @returns {{httpServer: http.Server, listen: (port: number, host?: string) => Promise<string>, close: () => Promise<void>}}
  */
-export function createServer({ config, driver, store, log = () => {} }) {
-  const routes = buildRoutes({ config, driver, store });
+export function createServer({ config, driver, store, media, log = () => {} }) {
+  const routes = buildRoutes({ config, driver, store, media });
 
   const httpServer = http.createServer(async (req, res) => {
     try {
@@ -73,7 +80,7 @@ export function createServer({ config, driver, store, log = () => {} }) {
   };
 }
 
-function buildRoutes({ config, driver, store }) {
+function buildRoutes({ config, driver, store, media }) {
   const simulatorOnly = config.driver === 'simulator';
   const routes = {
     '/': {
@@ -103,8 +110,14 @@ function buildRoutes({ config, driver, store }) {
     '/send': {
       POST: {
         handle: async (req, res) => {
-          const { to, body, idempotency_key } = validateSend(await readJson(req));
-          const { result, replayed } = await store.run(idempotency_key, () => driver.send(to, body, { idempotency_key }));
+          const send = validateSend(await readJson(req));
+          const { to, body, idempotency_key } = send;
+          // Inside store.run: a replayed key fetches nothing, and a failed fetch leaves the key retryable.
+          const { result, replayed } = await store.run(idempotency_key, () =>
+            send.media
+              ? media.use(send.media, (file) => driver.send(to, body, { idempotency_key, media: file }))
+              : driver.send(to, body, { idempotency_key, media: null }),
+          );
           sendJson(res, 200, { whatsapp_message_id: result.whatsapp_message_id, replayed });
         },
       },
@@ -188,19 +201,68 @@ function buildRoutes({ config, driver, store }) {
   return routes;
 }
 
-/** Validate a POST /send body; throws BridgeError naming the field at fault. */
+/**
+ * Validate a POST /send body {to, body, idempotency_key, media?}; throws BridgeError naming the
+ * field at fault (`media.sha256`...). With `media`, `body` is its caption and may be empty.
+ * @returns {{to: string, body: string, idempotency_key: string, media: import('./media.js').MediaRef|null}}
+ */
 export function validateSend(input) {
   const { to, body, idempotency_key } = input;
   if (typeof to !== 'string' || !E164_PATTERN.test(to)) {
     throw new BridgeError('invalid_number', 'to must be an E.164 number such as +56912345678', 'to');
   }
-  if (typeof body !== 'string' || body.length === 0 || body.length > MAX_BODY_CHARS) {
-    throw new BridgeError('bad_request', `body must be a non-empty string of at most ${MAX_BODY_CHARS} characters`, 'body');
+  const media = input.media === undefined || input.media === null ? null : validateMedia(input.media);
+  const minBody = media ? 0 : 1;
+  if (typeof body !== 'string' || body.length < minBody || body.length > MAX_BODY_CHARS) {
+    const what = media ? 'a string (the caption, may be empty)' : 'a non-empty string';
+    throw new BridgeError('bad_request', `body must be ${what} of at most ${MAX_BODY_CHARS} characters`, 'body');
   }
   if (typeof idempotency_key !== 'string' || idempotency_key.length === 0 || idempotency_key.length > MAX_IDEMPOTENCY_KEY_CHARS) {
     throw new BridgeError('bad_request', `idempotency_key must be a string of 1 to ${MAX_IDEMPOTENCY_KEY_CHARS} characters`, 'idempotency_key');
   }
-  return { to, body, idempotency_key };
+  return { to, body, idempotency_key, media };
+}
+
+// type/subtype, optionally with parameters ("audio/ogg; codecs=opus").
+const MIME_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]*\/[a-z0-9][a-z0-9!#$&^_.+-]*(\s*;\s*[a-z0-9!#$&^_.+-]+=("[^"]*"|[a-z0-9!#$&^_.+-]+))*$/i;
+const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+
+/** The `media` of POST /send: where to fetch the one attachment and what it must be. */
+function validateMedia(media) {
+  const bad = (field, message) => new BridgeError('bad_request', message, `media.${field}`);
+  if (typeof media !== 'object' || Array.isArray(media)) {
+    throw new BridgeError('bad_request', 'media must be an object {url, sha256, size, mime_type, filename, kind}', 'media');
+  }
+  const { url, sha256, size, mime_type, filename, kind } = media;
+  if (typeof url !== 'string' || url.length > MAX_MEDIA_URL_CHARS || !isFetchableUrl(url)) {
+    throw bad('url', `url must be an http:// or https:// URL (without user:password@) of at most ${MAX_MEDIA_URL_CHARS} characters`);
+  }
+  if (typeof sha256 !== 'string' || !SHA256_PATTERN.test(sha256)) {
+    throw bad('sha256', 'sha256 must be the SHA-256 of the file as 64 lowercase hex digits');
+  }
+  if (!Number.isInteger(size) || size < 1 || size > MAX_MEDIA_BYTES) {
+    throw bad('size', `size must be the file's size in bytes, an integer from 1 to ${MAX_MEDIA_BYTES}`);
+  }
+  if (typeof mime_type !== 'string' || mime_type.length > MAX_MEDIA_NAME_CHARS || !MIME_TYPE.test(mime_type)) {
+    throw bad('mime_type', `mime_type must be a MIME type such as image/jpeg, at most ${MAX_MEDIA_NAME_CHARS} characters`);
+  }
+  if (typeof filename !== 'string' || filename.length === 0 || filename.length > MAX_MEDIA_NAME_CHARS ||
+      /[\\/]/.test(filename) || CONTROL_CHARS.test(filename) || filename === '.' || filename === '..') {
+    throw bad('filename', `filename must be a file name of 1 to ${MAX_MEDIA_NAME_CHARS} characters, without / or \\ or control characters`);
+  }
+  if (!MEDIA_KINDS.includes(kind)) {
+    throw bad('kind', `kind must be one of ${MEDIA_KINDS.join(', ')}`);
+  }
+  return { url, sha256, size, mime_type, filename, kind };
+}
+
+function isFetchableUrl(value) {
+  try {
+    const url = new URL(value);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && Boolean(url.hostname) && !url.username && !url.password;
+  } catch {
+    return false;
+  }
 }
 
 const ISO_DATE_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;

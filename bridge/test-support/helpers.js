@@ -191,3 +191,46 @@ export async function freePort() {
   await new Promise((resolve) => server.close(resolve));
   return port;
 }
+
+/**
+ * A local HTTP server standing in for where attachments live (the backend's API or a storage
+ * service). `files` maps a path to a Buffer (served with Content-Length), or to
+ * {body, chunked?: true (no Content-Length), status?, redirect?: absolute URL}. Every request is
+ * recorded with its path and Authorization header; POSTs (the bridge's events) get 204.
+ * @returns {Promise<{origin: string, url: (p: string) => string, files: Map, requests: {method: string, path: string, authorization: string|undefined}[], gets: (p: string) => number}>}
+ */
+export async function startFileServer(t, files = {}) {
+  const served = new Map(Object.entries(files));
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    const { pathname } = new URL(req.url, 'http://x');
+    requests.push({ method: req.method, path: pathname, authorization: req.headers.authorization });
+    if (req.method === 'POST') {
+      req.resume();
+      req.on('end', () => res.writeHead(204).end());
+      return;
+    }
+    const entry = served.get(pathname);
+    if (!entry) return res.writeHead(404).end('not found');
+    const spec = Buffer.isBuffer(entry) ? { body: entry } : entry;
+    if (spec.redirect) return res.writeHead(spec.status ?? 302, { location: spec.redirect }).end();
+    if (spec.status && spec.status !== 200) return res.writeHead(spec.status).end('refused');
+    const headers = { 'content-type': 'application/octet-stream' };
+    if (!spec.chunked) headers['content-length'] = spec.body.length;
+    res.writeHead(200, headers);
+    res.end(spec.body);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => {
+    server.close(resolve);
+    server.closeAllConnections();
+  }));
+  const origin = `http://127.0.0.1:${server.address().port}`;
+  return {
+    origin,
+    url: (p) => origin + p,
+    files: served,
+    requests,
+    gets: (p) => requests.filter((r) => r.method === 'GET' && r.path === p).length,
+  };
+}

@@ -20,6 +20,8 @@ test('defaults run the simulator with the dev token and paths beside the repo', 
   assert.equal(config.simulatorAckDelayMs, 50);
   assert.equal(config.eventsQueueMaxEvents, 100_000);
   assert.equal(config.eventsQueueMaxMb, 64);
+  assert.equal(config.mediaCacheMb, 512);
+  assert.equal(config.mediaCacheIdleS, 300);
 });
 
 test('an empty BRIDGE_EVENTS_URL disables events and puppeteer args split on spaces', () => {
@@ -33,6 +35,9 @@ test('bad numbers and unknown drivers are rejected with one sentence', () => {
   assert.throws(() => loadConfig({ WHATSAPP_DRIVER: 'baileys' }), /WHATSAPP_DRIVER must be one of simulator, wwebjs/);
   assert.throws(() => loadConfig({ BRIDGE_EVENTS_QUEUE_MAX: '0' }), /BRIDGE_EVENTS_QUEUE_MAX must be an integer between 1 and/);
   assert.equal(loadConfig({ BRIDGE_EVENTS_QUEUE_MAX_MB: '8' }).eventsQueueMaxMb, 8);
+  assert.throws(() => loadConfig({ BRIDGE_MEDIA_CACHE_MB: '0' }), /BRIDGE_MEDIA_CACHE_MB must be an integer between 1 and/);
+  assert.throws(() => loadConfig({ BRIDGE_MEDIA_CACHE_IDLE_S: '1.5' }), /BRIDGE_MEDIA_CACHE_IDLE_S must be an integer/);
+  assert.equal(loadConfig({ BRIDGE_MEDIA_CACHE_MB: '64', BRIDGE_MEDIA_CACHE_IDLE_S: '60' }).mediaCacheMb, 64);
 });
 
 test('the wwebjs driver without BRIDGE_TOKEN exits 1 with one clear sentence', async (t) => {

@@ -92,6 +92,7 @@ test('a send lands in the outbox with a wwebjs-style message id', async (t) => {
   assert.deepEqual({ ...messages[0], sent_at: undefined }, {
     to: '+56912345678',
     body: 'Hola Ana',
+    media: null,
     idempotency_key: 'msg-1:recipient-1',
     whatsapp_message_id: res.body.whatsapp_message_id,
     sent_at: undefined,

@@ -1,17 +1,18 @@
 // The wwebjs driver against a fake whatsapp-web.js Client that emits the real
 // event names and ack values, through the real HTTP server.
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import { ACK_DEVICE, ACK_ERROR, ACK_PENDING, ACK_PLAYED, ACK_READ, ACK_SERVER, STATUS } from '../src/constants.js';
-import { UNRESOLVED_SENDER_LINE, WwebjsDriver } from '../src/drivers/wwebjs.js';
-import { startBridge, startEventsReceiver, waitFor } from '../test-support/helpers.js';
+import { UNRESOLVED_SENDER_LINE, WwebjsDriver, loadMessageMedia } from '../src/drivers/wwebjs.js';
+import { startBridge, startEventsReceiver, startFileServer, waitFor } from '../test-support/helpers.js';
 
 /** Stands in for whatsapp-web.js's Client: same event names, same method names. */
 class FakeClient extends EventEmitter {
   constructor({ registered = () => true, initialize, lids = {} } = {}) {
     super();
-    this.calls = { initialize: 0, getNumberId: [], sendMessage: [], destroy: 0, logout: 0, getContactLidAndPhone: [] };
+    this.calls = { initialize: 0, getNumberId: [], sendMessage: [], media: [], destroy: 0, logout: 0, getContactLidAndPhone: [] };
     this.registered = registered;
     this.lids = lids; // "123@lid" -> "56911112222@c.us" that WhatsApp Web can resolve
     this.initializeImpl = initialize;
@@ -27,6 +28,10 @@ class FakeClient extends EventEmitter {
   }
   async sendMessage(chatId, content, options) {
     this.calls.sendMessage.push({ chatId, content, options });
+    // A MessageMedia (whatsapp-web.js sends it with options.caption and options.sendMediaAsDocument).
+    if (typeof content === 'object' && content !== null) {
+      this.calls.media.push({ chatId, content, mimetype: content.mimetype, filename: content.filename, data: content.data, options });
+    }
     return { id: { fromMe: true, remote: chatId, id: `3EB0${this.calls.sendMessage.length}`, _serialized: `true_${chatId}_3EB0${this.calls.sendMessage.length}` } };
   }
   // whatsapp-web.js 1.34: [{lid, pn}] with pn undefined when WhatsApp will not tell.
@@ -162,6 +167,69 @@ test("WhatsApp's error 463 from sendMessage is 403 restricted_new_chats, not sen
     assert.equal(res.body.field, 'to');
   }
   fake.last().sendMessage = original;
+});
+
+test('an attachment is sent as a MessageMedia with its caption; a document as a document', async (t) => {
+  const MessageMedia = await loadMessageMedia();
+  const jpeg = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff]), randomBytes(40_000)]);
+  const pdf = Buffer.concat([Buffer.from('%PDF-1.7\n'), randomBytes(20_000)]);
+  const files = await startFileServer(t, { '/flyer.jpg': jpeg, '/precios.pdf': pdf });
+  const describe = (p, buf, extra) => ({
+    url: files.url(p), sha256: createHash('sha256').update(buf).digest('hex'), size: buf.length, ...extra,
+  });
+  const fake = fakeFactory();
+  const b = await wwebjsBridge(t, fake);
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected');
+
+  const image = await b.call('POST', '/send', {
+    to: '+56912345678', body: 'Nuevo menú', idempotency_key: 'w-img',
+    media: describe('/flyer.jpg', jpeg, { mime_type: 'image/jpeg', filename: 'flyer.jpg', kind: 'image' }),
+  });
+  assert.equal(image.status, 200, JSON.stringify(image.body));
+  const doc = await b.call('POST', '/send', {
+    to: '+56912345678', body: '', idempotency_key: 'w-doc',
+    media: describe('/precios.pdf', pdf, { mime_type: 'application/pdf', filename: 'precios.pdf', kind: 'document' }),
+  });
+  assert.equal(doc.status, 200, JSON.stringify(doc.body));
+
+  const [sentImage, sentDoc] = fake.last().calls.media;
+  assert.ok(sentImage.content instanceof MessageMedia, 'the class whatsapp-web.js checks with instanceof');
+  assert.equal(sentImage.chatId, '56912345678@c.us');
+  assert.deepEqual([sentImage.mimetype, sentImage.filename, sentImage.data], ['image/jpeg', 'flyer.jpg', jpeg.toString('base64')]);
+  assert.deepEqual(sentImage.options, { sendSeen: false, caption: 'Nuevo menú', sendMediaAsDocument: false });
+  assert.ok(sentDoc.content instanceof MessageMedia);
+  assert.deepEqual([sentDoc.mimetype, sentDoc.filename, sentDoc.data], ['application/pdf', 'precios.pdf', pdf.toString('base64')]);
+  assert.deepEqual(sentDoc.options, { sendSeen: false, caption: undefined, sendMediaAsDocument: true });
+  assert.equal(fake.last().calls.sendMessage.length, 2);
+
+  // Not on WhatsApp: nothing is sent (the file was fetched, and is kept for the next recipient).
+  fake.last().registered = () => false;
+  const nr = await b.call('POST', '/send', {
+    to: '+56912340000', body: 'x', idempotency_key: 'w-img-nr',
+    media: describe('/flyer.jpg', jpeg, { mime_type: 'image/jpeg', filename: 'flyer.jpg', kind: 'image' }),
+  });
+  assert.equal(nr.status, 422);
+  assert.equal(nr.body.code, 'not_registered');
+  assert.equal(fake.last().calls.sendMessage.length, 2);
+  assert.equal(files.gets('/flyer.jpg'), 1);
+});
+
+test('a failed media send keeps the not_registered/463/send_failed answers', async (t) => {
+  const jpeg = randomBytes(5000);
+  const files = await startFileServer(t, { '/f.jpg': jpeg });
+  const media = { url: files.url('/f.jpg'), sha256: createHash('sha256').update(jpeg).digest('hex'), size: jpeg.length, mime_type: 'image/jpeg', filename: 'f.jpg', kind: 'image' };
+  const fake = fakeFactory();
+  const b = await wwebjsBridge(t, fake);
+  fake.last().becomeReady();
+  await waitFor(async () => (await statusOf(b)).status === 'connected');
+  for (const [reason, status, code] of [['Evaluation failed: Error: 463', 403, 'restricted_new_chats'], ['Evaluation failed: media upload', 502, 'send_failed']]) {
+    fake.last().sendMessage = async () => {
+      throw new Error(reason);
+    };
+    const res = await b.call('POST', '/send', { to: '+56912345678', body: 'x', idempotency_key: `w-mf-${status}`, media });
+    assert.deepEqual([res.status, res.body.code], [status, code]);
+  }
 });
 
 test('message_ack 1/2/3/4/-1 become sent/delivered/read/read/failed events; 0 and others are ignored', async (t) => {

@@ -170,7 +170,8 @@ create index group_contacts_created_by_idx on public.group_contacts (created_by)
 create table public.messages (
   id uuid primary key default gen_random_uuid(),
   created_by uuid not null default auth.uid() references auth.users (id) on delete cascade,
-  content text not null check (char_length(content) between 1 and 4096),
+  -- Empty only as an attachment's absent caption (private.clean_message decides).
+  content text not null check (char_length(content) <= 4096),
   scheduled_for timestamptz,
   status text not null default 'draft'
     check (status in ('draft', 'scheduled', 'sending', 'sent', 'paused', 'cancelled', 'failed')),

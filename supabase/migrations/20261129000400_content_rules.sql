@@ -217,14 +217,25 @@ begin
 end;
 $$;
 
--- Whoever writes messages.content (the API, supabase-js, the worker), it is stored clean.
+-- Whoever writes messages.content (the API, supabase-js, the worker), it is stored clean. A message
+-- with an attachment (media_id, 20261206000300_media) may have no text: its content is the
+-- caption, and an empty one is stored as ''.
 create or replace function private.clean_message()
 returns trigger
 language plpgsql
 set search_path = ''
 as $$
+declare
+  code text;
 begin
   new.content := private.clean_content(new.content);
+  return new;
+exception when sqlstate 'WS426' then
+  get stacked diagnostics code = pg_exception_hint;
+  if code <> 'content_empty' or new.media_id is null then
+    raise;
+  end if;
+  new.content := '';
   return new;
 end;
 $$;

@@ -333,7 +333,8 @@ $$;
 
 create or replace function private.claim_deliveries(p_request jsonb)
 returns table (
-  id uuid, message_id uuid, phone text, idempotency_key text, body text, attempts integer, state text
+  id uuid, message_id uuid, phone text, idempotency_key text, body text, attempts integer, state text,
+  media jsonb
 )
 language plpgsql
 set search_path = ''
@@ -385,13 +386,23 @@ begin
            private.render(m.content, d.contact_name) as body,
            exists (select 1 from public.contacts c
                    where c.created_by = d.created_by and c.phone = d.phone and c.opted_out_at is not null)
-             as opted_out
+             as opted_out,
+           m.media_id,
+           -- The attachment as it leaves (20261206000300_media): null when it may not (not ready,
+           -- gone, outside today's limits).
+           case when m.media_id is not null then private.media_to_send(m.media_id) end as media
     from (select id from rescued union all select id from fresh) p
     join public.deliveries d on d.id = p.id
     join public.messages m on m.id = d.message_id
   ), judged as (
-    -- The last check before the bridge call, on the text that will leave the number.
-    select x.*, case when x.opted_out then null else private.exit_problems(x.body, cfg) end as problems
+    -- The last check before the bridge call, on the text (an attachment's caption, which may be
+    -- empty) and the file that will leave the number.
+    select x.*,
+           case when x.opted_out then null
+                when x.media_id is null then private.exit_problems(x.body, cfg)
+                else array_remove(private.exit_problems(x.body, cfg), 'content_empty')
+                     || case when x.media is null then array['media_unavailable'] else '{}'::text[] end
+           end as problems
     from rendered x
   ), verdict as (
     select j.*, case when j.opted_out then 'opted_out'
@@ -451,7 +462,8 @@ begin
     )
   )
   select c.id, c.message_id, c.phone, c.idempotency_key,
-         case when c.state = 'sending' then v.body end, c.attempts, c.state
+         case when c.state = 'sending' then v.body end, c.attempts, c.state,
+         case when c.state = 'sending' then v.media end
   from claimed c join verdict v on v.id = c.id;
 
 end;

@@ -19,6 +19,7 @@ from whatsched.api.routes import (
     bridge_events,
     contacts_import,
     health,
+    media,
     notifications,
     numbers,
     replies,
@@ -127,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(bridge_events.router)
     app.include_router(numbers.router)
     app.include_router(webhooks.router)
+    app.include_router(media.router)
+    app.include_router(media.bridge_router)
     app.include_router(notifications.router)
     app.include_router(replies.router)
     app.include_router(analytics.router)

@@ -103,6 +103,7 @@ _SQLSTATE_STATUS = {
     "WS428": 422,  # validation_error: a contact's or group's name or description (DETAIL names the field)
     "WS429": 429,  # rate_limited
     "WS430": 422,  # number_not_allowed: a WhatsApp number the user may not send from (DETAIL names the field)
+    "WS431": 422,  # media_*: an attachment refused (DETAIL names the field, the limit, what was found)
 }
 _CONSTRAINT_CODES = {
     "contacts_phone_per_owner": ("duplicate_phone", "phone", "A contact with this phone already exists."),

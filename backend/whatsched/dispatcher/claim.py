@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -14,7 +15,10 @@ import asyncpg
 from whatsched.dispatcher.pacing import Pacing
 
 START = "select count(*)::integer from private.claim_messages($1, $2)"
-CLAIM = "select id, message_id, phone, idempotency_key, body, attempts from private.claim_deliveries($1::jsonb)"
+CLAIM = (
+    "select id, message_id, phone, idempotency_key, body, attempts, media::text"
+    " from private.claim_deliveries($1::jsonb)"
+)
 NEXT_WAKE = "select extract(epoch from private.next_wake_at($1, $2) - clock_timestamp())::float8"
 # The earliest over several numbers' pacing keys, in one round trip.
 NEXT_WAKE_ANY = (
@@ -33,6 +37,9 @@ class Claimed:
     idempotency_key: str
     body: str | None
     attempts: int
+    # The attachment, when the message has one: {id, sha256, size, mime_type, filename, kind, path}
+    # (the caption is `body`, possibly empty).
+    media: dict[str, Any] | None = None
 
 
 async def start_due(conn: asyncpg.Connection, limit: int, ahead_s: float) -> int:
@@ -59,7 +66,7 @@ async def claim(
         **pacing.claim_request(),
     }
     rows = await conn.fetch(CLAIM, json.dumps(request))
-    return [Claimed(*r) for r in rows]
+    return [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] is not None else None) for r in rows]
 
 
 async def seconds_until_next(conn: asyncpg.Connection, senders: list[str] | None, ahead_s: float) -> float | None:

@@ -46,6 +46,8 @@ from whatsched.dispatcher.deliver import Refused
 from whatsched.dispatcher.fail import Failures, RetryPolicy
 from whatsched.dispatcher.numbers import Bridges, Number
 from whatsched.dispatcher.pacing import Pacing
+from whatsched.media import check as media_check
+from whatsched.media.storage import LocalStorage
 from whatsched.webhooks import sender as webhook_sender
 
 log = logging.getLogger("whatsched.dispatcher")
@@ -124,6 +126,7 @@ class Worker:
         scheduler.add_job(self._watch, "interval", seconds=self.dispatch.housekeeping_s, **every)
         scheduler.add_job(self._prune, "interval", hours=1, **every)
         scheduler.add_job(self._judge_unanswered, "interval", minutes=UNANSWERED_EVERY_MIN, **every)
+        scheduler.add_job(self._check_media, "interval", seconds=self.dispatch.housekeeping_s, **every)
         log.info(
             "worker %s: default number's bridge %s, %s lane(s) of up to %s, pacing %s (per number)",
             self.id,
@@ -248,7 +251,7 @@ class Worker:
         batch = await claim.claim(conn, self.id, self.pacing, number.id, limit, self.dispatch.lease_s)
         if not batch:
             return 0
-        sent, refused = await deliver.send_batch(self.bridges.of(number), batch)
+        sent, refused = await deliver.send_batch(self.bridges.of(number), batch, self.settings.effective_public_url)
         if sent:
             await complete.complete(conn, sent)
         if refused:
@@ -318,6 +321,20 @@ class Worker:
         if any(d.command_id for d in decided):
             self._commands.set()
             self._wake.set()
+
+    async def _check_media(self) -> None:
+        """Files uploaded straight to Storage: inspected before any message may send them."""
+        if self._house is None:
+            return
+        async with self._house_lock:
+            try:
+                storage = LocalStorage(self.settings.data_dir)
+                for media_id, state in await media_check.check_pending(
+                    self._house, storage, self.settings.media_keep_metadata
+                ):
+                    log.info("file %s checked: %s", media_id, state)
+            except RECOVERABLE as exc:
+                log.warning("worker %s: checking files failed: %s", self.id, _describe(exc))
 
     async def _judge_unanswered(self) -> None:
         """A health fact for each number whose first messages to new contacts mostly got no reply."""

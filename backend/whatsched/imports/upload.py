@@ -1,12 +1,13 @@
 """Receiving a multipart/form-data upload with bounded memory: the body is parsed as it streams in
-(python-multipart), the file part is kept in memory up to the byte limit and the request is refused
-the moment it goes beyond, text fields are capped, and nothing is written to disk (so an uploaded
-file name can never become a path)."""
+(python-multipart), the file part is kept in memory up to the byte limit (or written as it arrives
+to a file the caller opened: an attachment) and the request is refused the moment it goes beyond,
+text fields are capped, and an uploaded file name never becomes a path."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,8 +24,9 @@ BODY_OVERHEAD_BYTES = 1024 * 1024
 @dataclass
 class Upload:
     filename: str | None
-    data: bytes
+    data: bytes  # empty when the file went to a sink
     fields: dict[str, list[str]] = field(default_factory=dict)
+    size: int = 0
 
     def first(self, name: str) -> str | None:
         values = self.fields.get(name)
@@ -45,8 +47,10 @@ def _bad(detail: str) -> ImportRefused:
 
 
 class _Receiver:
-    def __init__(self, max_file_bytes: int) -> None:
+    def __init__(self, max_file_bytes: int, sink: BinaryIO | None = None) -> None:
         self.max_file_bytes = max_file_bytes
+        self.sink = sink
+        self.size = 0
         self.fields: dict[str, list[str]] = {}
         self.file = bytearray()
         self.filename: str | None = None
@@ -103,9 +107,13 @@ class _Receiver:
         if self._ignored:
             return
         if self._is_file:
-            if len(self.file) + (end - start) > self.max_file_bytes:
+            if self.size + (end - start) > self.max_file_bytes:
                 raise file_too_large(self.max_file_bytes)
-            self.file += data[start:end]
+            self.size += end - start
+            if self.sink is not None:
+                self.sink.write(data[start:end])
+            else:
+                self.file += data[start:end]
             return
         if len(self._value) + (end - start) > MAX_FIELD_BYTES:
             raise ImportRefused(
@@ -126,8 +134,10 @@ async def receive(
     content_length: str | None,
     chunks: AsyncIterator[bytes],
     max_file_bytes: int,
+    sink: BinaryIO | None = None,
 ) -> Upload:
-    """Parse the body as it arrives; ImportRefused (413 file_too_large) as soon as it is too big."""
+    """Parse the body as it arrives; ImportRefused (413 file_too_large) as soon as it is too big.
+    With `sink`, the file's bytes are written there as they arrive instead of kept in memory."""
     media, params = parse_options_header(content_type or "")
     if media != b"multipart/form-data":
         raise ImportRefused(
@@ -142,7 +152,7 @@ async def receive(
     max_body = max_file_bytes + BODY_OVERHEAD_BYTES
     if content_length is not None and content_length.strip().isdigit() and int(content_length) > max_body:
         raise file_too_large(max_file_bytes)  # refused before a byte of the body is read
-    receiver = _Receiver(max_file_bytes)
+    receiver = _Receiver(max_file_bytes, sink)
     parser = MultipartParser(
         boundary,
         {
@@ -172,4 +182,4 @@ async def receive(
             "Attach the file in a form field named 'file'.",
             [{"field": "file", "message": "missing"}],
         )
-    return Upload(receiver.filename, bytes(receiver.file), receiver.fields)
+    return Upload(receiver.filename, bytes(receiver.file), receiver.fields, receiver.size)

@@ -3,7 +3,9 @@
 // session commands (POST /session/start|stop|restart|logout) built on each driver's own.
 //
 // Driver interface (see simulator.js and wwebjs.js):
-//   start(), stop(), status(), send(to, body, meta) -> {whatsapp_message_id} or throws BridgeError,
+//   start(), stop(), status(), send(to, body, meta) -> {whatsapp_message_id} or throws BridgeError
+//   (meta: {idempotency_key, media}; media null for a text, else the checked file from media.js,
+//   {path, sha256, size, mime_type, filename, kind}, with `body` its caption, possibly empty),
 //   logout(), restart(), rssBytes(); events: 'status' (snapshot), 'ack' ({whatsapp_message_id, ack, at}),
 //   'inbound' ({phone, text, whatsapp_message_id, at}: a reply from a person, phone in E.164).
 import { EventEmitter } from 'node:events';

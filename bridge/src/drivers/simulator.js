@@ -5,6 +5,9 @@
 // - sending while not connected -> not_connected;
 // - `fail_next: n` makes the next n accepted sends fail with send_failed;
 // - every sent message gets acks sent -> delivered -> read, ackDelayMs apart.
+// - a message with an attachment is recorded with `media: {sha256, size, mime_type, filename,
+//   kind}`, sha256 and size computed here from the file handed over (tests check what was
+//   sent, not what was claimed), and its caption as `body`; a text has `media: null`.
 // - injectInbound() (POST /simulator/inbound) emits an incoming reply as `inbound`; its sender
 //   now has a chat with us (see restrict_new_chats).
 // Misbehaviour, per process (so per number), until set back:
@@ -21,7 +24,8 @@
 //   last_disconnect_reason that state. UNPAIRED also unpairs (a restart asks for a QR);
 //   TOS_BLOCK and SMB_TOS_BLOCK are bans: a restart comes back to the same state, until the
 //   state CONNECTED (or status connected) is forced.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { ACK_DEVICE, ACK_READ, ACK_SERVER, STATUS, WA_BANNED_STATES, WA_KEPT_STATES, WA_STATES, ackToDelivery } from '../constants.js';
 import { BridgeError } from '../errors.js';
 import { qrToDataUrl } from '../qr.js';
@@ -65,7 +69,7 @@ export class SimulatorDriver extends BaseDriver {
     this.#thaw();
   }
 
-  async send(to, body, { idempotency_key = null } = {}) {
+  async send(to, body, { idempotency_key = null, media = null } = {}) {
     if (this.#latencyMs > 0) await this.#sleep(this.#latencyMs);
     if (this.status().status !== STATUS.CONNECTED) {
       throw new BridgeError('not_connected', `WhatsApp is ${this.status().status}; cannot send now`);
@@ -80,8 +84,9 @@ export class SimulatorDriver extends BaseDriver {
       this.#failNext -= 1;
       throw new BridgeError('send_failed', 'simulated send failure (fail_next)');
     }
+    const attachment = media ? { ...(await digestFile(media.path)), mime_type: media.mime_type, filename: media.filename, kind: media.kind } : null;
     const whatsapp_message_id = `true_${to.slice(1)}@c.us_${randomBytes(10).toString('hex').toUpperCase()}`;
-    this.outbox.push({ to, body, idempotency_key, whatsapp_message_id, sent_at: new Date().toISOString() });
+    this.outbox.push({ to, body, media: attachment, idempotency_key, whatsapp_message_id, sent_at: new Date().toISOString() });
     this.#chats.add(to);
     if (!this.#pendingAcks && !this.#frozen) this.#scheduleAcks(whatsapp_message_id);
     return { whatsapp_message_id };
@@ -225,4 +230,15 @@ export class SimulatorDriver extends BaseDriver {
     // Not tracked by #later: stop() must not leave a send waiting forever.
     return new Promise((resolve) => setTimeout(resolve, ms));
   }
+}
+
+/** The SHA-256 and size of a file, read as a stream. */
+async function digestFile(file) {
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of createReadStream(file)) {
+    hash.update(chunk);
+    size += chunk.length;
+  }
+  return { sha256: hash.digest('hex'), size };
 }

@@ -2,7 +2,7 @@
 // at a time, rebuilt with exponential backoff whenever it dies, and never left
 // running as an orphan browser.
 import path from 'node:path';
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import {
   E164_PATTERN,
   INBOUND_TEXT_TYPES,
@@ -57,6 +57,14 @@ export function phoneFromUserWid(wid) {
   if (typeof wid !== 'string' || !wid.endsWith(WID_USER)) return null;
   const phone = `+${wid.slice(0, -WID_USER.length)}`;
   return E164_PATTERN.test(phone) ? phone : null;
+}
+
+let messageMediaClass = null;
+
+/** whatsapp-web.js's MessageMedia; the very class its sendMessage checks with instanceof. */
+export async function loadMessageMedia() {
+  messageMediaClass ??= (await import('whatsapp-web.js')).default.MessageMedia;
+  return messageMediaClass;
 }
 
 /**
@@ -137,7 +145,12 @@ export class WwebjsDriver extends BaseDriver {
     });
   }
 
-  async send(to, body) {
+  /**
+   * @param {string} to E.164
+   * @param {string} body the text, or the caption when there is media (may then be empty)
+   * @param {{idempotency_key?: string, media?: import('../media.js').MediaFile|null}} [meta]
+   */
+  async send(to, body, { media = null } = {}) {
     const client = this.#client;
     if (!client || this.status().status !== STATUS.CONNECTED) {
       throw new BridgeError('not_connected', `WhatsApp is ${this.status().status}; cannot send now`);
@@ -149,9 +162,23 @@ export class WwebjsDriver extends BaseDriver {
       throw new BridgeError('send_failed', `could not check ${to} on WhatsApp: ${err.message}`);
     }
     if (!numberId) throw new BridgeError('not_registered', `${to} is not on WhatsApp`, 'to');
+    let content = body;
+    // sendSeen false: scheduling a message must not mark the operator's chat as read.
+    let options = { sendSeen: false };
+    if (media) {
+      const MessageMedia = await loadMessageMedia();
+      let data;
+      try {
+        // Read only now, for a recipient on WhatsApp; whatsapp-web.js takes base64 in memory.
+        data = await readFile(media.path, { encoding: 'base64' });
+      } catch (err) {
+        throw new BridgeError('send_failed', `could not read the attachment: ${err.code ?? err.message}`);
+      }
+      content = new MessageMedia(media.mime_type, data, media.filename);
+      options = { sendSeen: false, caption: body || undefined, sendMediaAsDocument: media.kind === 'document' };
+    }
     try {
-      // sendSeen false: scheduling a message must not mark the operator's chat as read.
-      const msg = await client.sendMessage(numberId._serialized, body, { sendSeen: false });
+      const msg = await client.sendMessage(numberId._serialized, content, options);
       return { whatsapp_message_id: msg.id._serialized };
     } catch (err) {
       const reason = String(err?.message ?? err);

@@ -244,6 +244,60 @@ export type Database = {
         }
         Relationships: []
       }
+      media: {
+        Row: {
+          bucket: string
+          checked_at: string | null
+          created_at: string
+          created_by: string
+          height: number | null
+          id: string
+          kind: string | null
+          mime_type: string | null
+          original_name: string
+          path: string
+          problem: string | null
+          sha256: string | null
+          size_bytes: number | null
+          state: string
+          width: number | null
+        }
+        Insert: {
+          bucket?: string
+          checked_at?: string | null
+          created_at?: string
+          created_by: string
+          height?: number | null
+          id?: string
+          kind?: string | null
+          mime_type?: string | null
+          original_name: string
+          path: string
+          problem?: string | null
+          sha256?: string | null
+          size_bytes?: number | null
+          state?: string
+          width?: number | null
+        }
+        Update: {
+          bucket?: string
+          checked_at?: string | null
+          created_at?: string
+          created_by?: string
+          height?: number | null
+          id?: string
+          kind?: string | null
+          mime_type?: string | null
+          original_name?: string
+          path?: string
+          problem?: string | null
+          sha256?: string | null
+          size_bytes?: number | null
+          state?: string
+          width?: number | null
+        }
+        Relationships: []
+      }
       message_audiences: {
         Row: {
           computed_at: string
@@ -335,6 +389,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          media_id: string | null
           number_id: string | null
           recipient_count: number
           recurrence: string | null
@@ -351,6 +406,7 @@ export type Database = {
           delivered_count?: number
           failed_count?: number
           id?: string
+          media_id?: string | null
           number_id?: string | null
           recipient_count?: number
           recurrence?: string | null
@@ -367,6 +423,7 @@ export type Database = {
           delivered_count?: number
           failed_count?: number
           id?: string
+          media_id?: string | null
           number_id?: string | null
           recipient_count?: number
           recurrence?: string | null
@@ -377,6 +434,13 @@ export type Database = {
           updated_at?: string
         }
         Relationships: [
+          {
+            foreignKeyName: "messages_media_id_fkey"
+            columns: ["media_id"]
+            isOneToOne: false
+            referencedRelation: "media"
+            referencedColumns: ["id"]
+          },
           {
             foreignKeyName: "messages_number_id_fkey"
             columns: ["number_id"]
@@ -900,6 +964,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          media_id: string | null
           number_id: string | null
           recipient_count: number
           recurrence: string | null
@@ -935,6 +1000,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          media_id: string | null
           number_id: string | null
           recipient_count: number
           recurrence: string | null
@@ -965,6 +1031,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          media_id: string | null
           number_id: string | null
           recipient_count: number
           recurrence: string | null
@@ -986,6 +1053,32 @@ export type Database = {
         Returns: string
       }
       rate_limit_status: { Args: { p_action: string }; Returns: Json }
+      register_media: {
+        Args: { p_original_name?: string; p_path: string }
+        Returns: {
+          bucket: string
+          checked_at: string | null
+          created_at: string
+          created_by: string
+          height: number | null
+          id: string
+          kind: string | null
+          mime_type: string | null
+          original_name: string
+          path: string
+          problem: string | null
+          sha256: string | null
+          size_bytes: number | null
+          state: string
+          width: number | null
+        }
+        SetofOptions: {
+          from: "*"
+          to: "media"
+          isOneToOne: true
+          isSetofReturn: false
+        }
+      }
       remove_whatsapp_number: {
         Args: { p_number_id: string }
         Returns: {
@@ -1055,6 +1148,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          media_id: string | null
           number_id: string | null
           recipient_count: number
           recurrence: string | null
@@ -1112,6 +1206,7 @@ export type Database = {
           delivered_count: number
           failed_count: number
           id: string
+          media_id: string | null
           number_id: string | null
           recipient_count: number
           recurrence: string | null
