@@ -178,7 +178,9 @@ async def make_owned(client: httpx.AsyncClient, admin: asyncpg.Connection, user:
         number.lstrip("+"),
         whatsapp,
     ]
-    return Owned(user, message, sent, group, contact, notification, whatsapp, user.id, webhook, delivery, media, private)
+    return Owned(
+        user, message, sent, group, contact, notification, whatsapp, user.id, webhook, delivery, media, private
+    )
 
 
 async def snapshot(admin: asyncpg.Connection, owner: str) -> str:
