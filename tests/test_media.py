@@ -346,10 +346,11 @@ async def test_a_scheduled_image_and_a_pdf_reach_whatsapp_byte_identical(
         await direct(
             res,
             ana,
-            "update public.messages set content = $2, media_id = $3::uuid where id = $1::uuid",
+            "update public.messages set content = $2, media_id = $3::uuid, recurrence = $4 where id = $1::uuid",
             message,
             caption,
             media["id"],
+            "0 9 * * 1" if media is flyer else None,  # the flyer every Monday
         )
         messages[media["id"]] = message
     bridge = BridgeProcess(tmp_path / "bridge", token=settings.bridge_token, events_url=api_url + "/api/bridge/events")
@@ -391,6 +392,22 @@ async def test_a_scheduled_image_and_a_pdf_reach_whatsapp_byte_identical(
                 "kind": "image",
             }
             assert sent["body"].startswith("Hola ") and sent["body"].endswith(", mira el afiche")
+        # The flyer's next Monday carries the flyer too; a duplicate of the caption-less menu keeps the menu.
+        nxt = await eventually(
+            lambda: admin.fetchrow(
+                "select id, media_id::text, status from public.messages where recurrence_parent_id = $1::uuid",
+                messages[flyer["id"]],
+            ),
+            lambda r: r is not None,
+            30,
+            what="the next occurrence",
+        )
+        assert (nxt["media_id"], nxt["status"]) == (flyer["id"], "scheduled")
+        await admin.execute("update public.messages set status = 'cancelled' where id = $1", nxt["id"])
+        copy = json.loads(
+            await direct(res, ana, "select to_jsonb(public.duplicate_message($1::uuid))::text", messages[menu["id"]])
+        )
+        assert (copy["media_id"], copy["content"], copy["status"]) == (menu["id"], "", "draft")
         document_sends = sent_for(outbox, uuid.UUID(messages[menu["id"]]))
         assert [(s["media"]["kind"], s["media"]["sha256"], s["body"]) for s in document_sends] == [
             ("document", menu["sha256"], "")

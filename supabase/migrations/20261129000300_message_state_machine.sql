@@ -363,10 +363,11 @@ declare
   m public.messages := private.lock_message(p_message_id);
   copy public.messages;
 begin
-  -- The copy keeps the message's WhatsApp number while the caller may still use it.
-  insert into public.messages (created_by, content, recurrence, number_id)
+  -- The copy keeps the message's WhatsApp number while the caller may still use it, and its
+  -- attachment (20261206000300_media).
+  insert into public.messages (created_by, content, recurrence, number_id, media_id)
   values (m.created_by, m.content, m.recurrence,
-          case when private.can_use_number(m.number_id) then m.number_id end)
+          case when private.can_use_number(m.number_id) then m.number_id end, m.media_id)
   returning * into copy;
   insert into public.message_groups (message_id, group_id, created_by)
   select copy.id, mg.group_id, mg.created_by from public.message_groups mg where mg.message_id = p_message_id;

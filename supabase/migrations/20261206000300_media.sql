@@ -279,12 +279,13 @@ alter table public.messages
 create index messages_media_id_idx on public.messages (media_id);
 grant insert (media_id), update (media_id) on public.messages to authenticated;
 
--- On every path: the attachment is the owner's own file; once the message is scheduled (or
--- stays scheduled with a new file) it must be ready and within today's limits.
+-- On every path: the attachment is the owner's own file; when a user schedules the message (or
+-- gives a scheduled one a new file) it must be ready and within today's limits. The worker's own
+-- writes (a recurring message's next occurrence) are not refused here: the claim holds at the
+-- exit what may not leave (media_unavailable), so a send never stalls on a refusal.
 create or replace function private.check_message_media()
 returns trigger
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
@@ -299,7 +300,7 @@ begin
     raise exception 'File % was not found.', new.media_id using errcode = 'WS404', hint = 'related_not_found',
       detail = jsonb_build_array(jsonb_build_object('field', 'media_id', 'message', 'not a file of yours'))::text;
   end if;
-  if new.status in ('scheduled', 'sending') then
+  if new.status in ('scheduled', 'sending') and private.acting_as_user() then
     if m.state <> 'ready' then
       raise exception 'File % is not ready to send (%).', m.id, coalesce(m.problem, m.state)
         using errcode = 'WS431', hint = 'media_not_ready',

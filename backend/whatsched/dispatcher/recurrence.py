@@ -1,6 +1,7 @@
 """Recurring messages (beyond the guide): when a message with a `recurrence` finishes (sent or
 failed), its next occurrence is a new scheduled message with the same content and groups at the
-next time the rule matches, in the owner's timezone, with `recurrence_parent_id` set. A
+next time the rule matches, in the owner's timezone, with `recurrence_parent_id` set (and the same
+attachment, if any). A
 cancelled message ends its series. The spam guard checks each occurrence (its own series is not a
 duplicate of it); one it refuses waits paused, and its owner gets a warning notification.
 
@@ -22,8 +23,9 @@ from croniter import croniter
 log = logging.getLogger("whatsched.dispatcher")
 
 INSERT_NEXT = """
-insert into public.messages (created_by, content, recurrence, recurrence_parent_id, scheduled_for, status, number_id)
-select m.created_by, m.content, m.recurrence, m.id, n.at, 'scheduled', m.number_id
+insert into public.messages (created_by, content, recurrence, recurrence_parent_id, scheduled_for, status, number_id,
+                             media_id)
+select m.created_by, m.content, m.recurrence, m.id, n.at, 'scheduled', m.number_id, m.media_id
 from unnest($1::uuid[], $2::timestamptz[]) as n (id, at)
 join public.messages m on m.id = n.id
 on conflict (recurrence_parent_id) where recurrence_parent_id is not null do nothing
