@@ -9,7 +9,7 @@ import { after, before, describe, test } from "node:test";
 
 import { Webhook } from "standardwebhooks";
 
-import { createApiClient, login, unwrap, WhatsschedRealtime, WhatsschedSocket } from "../dist/index.js";
+import { createApiClient, login, unwrap, uploadMedia, WhatsschedRealtime, WhatsschedSocket } from "../dist/index.js";
 import { follow, prepareCampaign, scheduleNow } from "./support/campaign.mjs";
 import { FakeSupabase } from "./support/fake-supabase.mjs";
 import { PACKAGE, eventually, phones, startStack } from "./support/stack.mjs";
@@ -99,6 +99,58 @@ describe("@whatsched/client against the real stack", { timeout: 240_000 }, () =>
         receiver.close();
       }
     }));
+
+  test(
+    "uploads an attachment with uploadMedia from Node and from headless Chromium",
+    { skip: existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install chromium)` },
+    () =>
+      withLogs(async () => {
+        const pdf = "%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n";
+        // Node: a Blob whose own type lies; the API reads the bytes.
+        const fromNode = await uploadMedia(api, new Blob([pdf], { type: "image/png" }), "carta.pdf");
+        assert.deepEqual([fromNode.mime_type, fromNode.kind, fromNode.state, fromNode.original_name], [
+          "application/pdf",
+          "document",
+          "ready",
+          "carta.pdf",
+        ]);
+        assert.equal(fromNode.size_bytes, Buffer.byteLength(pdf));
+        await assert.rejects(uploadMedia(api, new Blob([new Uint8Array([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, ...new Array(200).fill(0)])]), "foto.jpg"), (error) => {
+          assert.equal(error.status, 422);
+          assert.equal(error.code, "media_type_mismatch");
+          return true;
+        });
+        const { default: puppeteer } = await import("puppeteer-core");
+        const browser = await puppeteer.launch({
+          executablePath: CHROMIUM,
+          headless: true,
+          args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        });
+        try {
+          const page = await browser.newPage();
+          await page.goto(frontend.origin + "/");
+          const fromBrowser = await page.evaluate(
+            async ({ apiUrl, email, password, pdf }) => {
+              const { createApiClient, login, uploadMedia } = await import("/dist/index.js");
+              const session = await login(createApiClient({ baseUrl: apiUrl }), email, password);
+              const api = createApiClient({ baseUrl: apiUrl, getToken: () => session.access_token });
+              const file = new File([pdf], "menú del día.pdf", { type: "application/pdf" });
+              return await uploadMedia(api, file);
+            },
+            { apiUrl: stack.apiUrl, email: EMAIL, password: PASSWORD, pdf },
+          );
+          assert.deepEqual([fromBrowser.mime_type, fromBrowser.original_name, fromBrowser.sha256], [
+            "application/pdf",
+            "menú del día.pdf",
+            fromNode.sha256,
+          ]);
+        } finally {
+          await browser.close();
+        }
+        const listed = unwrap(await api.GET("/api/media"));
+        assert.equal(listed.total, 2);
+      }),
+  );
 
   test("follows a campaign to its final counts over the socket and the Realtime channels", () =>
     withLogs(async () => {
