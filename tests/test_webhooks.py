@@ -386,6 +386,7 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(
     receiver: Receiver,
     loopback_allowed: None,
     worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     ana = await make_user()
     hook = await create(client, ana, receiver.url)
@@ -427,6 +428,9 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(
     assert (await client.post(f"{HOOKS}/{hook['id']}/replay", json={"since": since}, headers=ana.headers)).json() == {
         "queued": 2
     }
+    # No secret ever reaches a log.
+    logged = "".join(p.read_text(errors="replace") for p in tmp_path.glob("worker-*.log"))
+    assert logged and not any(secret in logged for secret in (old, new, newest))
     assert (
         api_error(await client.post(f"{HOOKS}/{hook['id']}/replay", json={}, headers=ana.headers), 422)
         == "validation_error"
@@ -557,3 +561,50 @@ CATALOG = Path(__file__).resolve().parents[1] / "contracts" / "events.json"
 async def test_the_database_knows_exactly_the_catalogs_event_types(admin: asyncpg.Connection) -> None:
     names = sorted(json.loads(CATALOG.read_text(encoding="utf-8"))["events"])
     assert sorted(await admin.fetchval("select private.event_types()")) == names
+
+
+async def test_an_endpoint_failing_for_days_is_disabled_and_its_owner_told(
+    admin: asyncpg.Connection, client: httpx.AsyncClient, make_user: Any, loopback_allowed: None
+) -> None:
+    ana = await make_user()
+    hook = await create(client, ana, "http://127.0.0.1:9/never")
+    await notify(admin, ana)
+
+    async def fail_once() -> str:
+        async with admin.transaction():
+            await admin.execute("set local role service_role")
+            (row,) = await admin.fetch("select * from private.claim_webhook_deliveries('bench', 1, 30)")
+            state: str = await admin.fetchval(
+                "select private.finish_webhook_delivery($1, 'bench', $2, 503, 12, 'HTTP 503', null)",
+                row["id"],
+                row["attempt"],
+            )
+        await admin.execute(
+            "update public.webhook_deliveries set next_attempt_at = now() where endpoint_id = $1::uuid", hook["id"]
+        )
+        return state
+
+    assert await fail_once() == "pending"
+    endpoint = await admin.fetchrow(
+        "select enabled, failing_since from public.webhook_endpoints where id = $1::uuid", hook["id"]
+    )
+    assert endpoint["enabled"] and endpoint["failing_since"] is not None
+    # Four days of failures: still on. Past WEBHOOK_DISABLE_AFTER_DAYS (5): off, with a notification.
+    await admin.execute(
+        "update public.webhook_endpoints set failing_since = now() - interval '4 days' where id = $1::uuid", hook["id"]
+    )
+    assert await fail_once() == "pending"
+    assert await admin.fetchval("select enabled from public.webhook_endpoints where id = $1::uuid", hook["id"])
+    await admin.execute(
+        "update public.webhook_endpoints set failing_since = now() - interval '6 days' where id = $1::uuid", hook["id"]
+    )
+    assert await fail_once() == "pending"  # the delivery itself waits for the endpoint to come back
+    got = (await client.get(f"{HOOKS}/{hook['id']}", headers=ana.headers)).json()
+    assert not got["enabled"] and got["disabled_reason"].startswith("failing since ")
+    assert (
+        await admin.fetchval(
+            "select count(*) from public.notifications where user_id = $1::uuid and title = 'Webhook desactivado'",
+            ana.id,
+        )
+        == 1
+    )
