@@ -1,6 +1,6 @@
 """The bridge's protocol values, named once on each side, agree: the error codes the Python client
 knows are exactly the bridge's (bridge/src/constants.js), and the codes it treats as permanent are
-among them."""
+among them; the limits both take from contracts/limits.json are the file's as the bridge loads it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from whatsched import contracts
 from whatsched.bridge_client import ERROR_CODES, PERMANENT_CODES, BridgeError
 
 BRIDGE = Path(__file__).resolve().parents[1] / "bridge"
@@ -17,7 +18,8 @@ def bridge_constants() -> dict[str, object]:
     """constants.js as the bridge itself loads it (node), not parsed by hand."""
     script = (
         "import('./src/constants.js').then(c => process.stdout.write(JSON.stringify("
-        "{errors: c.ERRORS, events: c.EVENT_TYPES})))"
+        "{errors: c.ERRORS, events: c.EVENT_TYPES, status: c.STATUS, e164: c.E164_PATTERN.source,"
+        " message_id_max: c.MAX_MESSAGE_ID_CHARS})))"
     )
     out = subprocess.run(["node", "-e", script], cwd=BRIDGE, capture_output=True, text=True, check=True, timeout=30)
     loaded: dict[str, object] = json.loads(out.stdout)
@@ -43,3 +45,14 @@ def test_the_api_understands_every_event_the_bridge_sends() -> None:
     events = bridge_constants()["events"]
     assert isinstance(events, dict)
     assert set(events.values()) == set(KNOWN)
+
+
+def test_the_bridge_takes_its_limits_and_statuses_from_the_contract() -> None:
+    loaded = bridge_constants()
+    assert loaded["e164"] == contracts.E164_PATTERN
+    assert loaded["message_id_max"] == contracts.WHATSAPP_MESSAGE_ID_MAX_CHARS
+    status = loaded["status"]
+    assert isinstance(status, dict)
+    assert list(status.values()) == list(contracts.CONNECTION_STATES)
+    # The names the bridge's code uses (STATUS.STOPPED, ...) exist.
+    assert {"CONNECTED", "DISCONNECTED", "QR_NEEDED", "INITIALIZING", "STOPPED"} <= set(status)

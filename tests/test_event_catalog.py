@@ -21,7 +21,7 @@ from test_number_health import paused_number
 from test_realtime import deliver, new_message, notify_user, open_socket, recv, set_status, subscribe
 from test_replies_and_topics import Relay, campaign, new_phone, relay, reply  # noqa: F401 (relay: a fixture)
 
-from whatsched import events
+from whatsched import contracts, events
 from whatsched.api.deps import Resources
 from whatsched.config import Settings
 from whatsched.imports import progress
@@ -233,6 +233,15 @@ def test_validate_names_the_type_and_the_failing_path() -> None:
     for frame in ({"type": "pong"}, {"type": "resync", "reason": "x"}, {}):
         with pytest.raises(events.EventError, match="not an event type"):
             events.validate(frame)
+
+
+def test_the_catalogs_phone_and_whatsapp_states_are_contracts_limits() -> None:
+    """The catalog's phone format and a number's states copy contracts/limits.json; the guide's
+    connection words are among the bridge's."""
+    assert events.CATALOG["$defs"]["phone"]["pattern"] == contracts.E164_PATTERN
+    status = events.EVENTS["whatsapp_status"]["schema"]["properties"]
+    assert status["number_status"]["enum"] == list(contracts.NUMBER_STATES)
+    assert set(status["status"]["enum"]) <= set(contracts.CONNECTION_STATES)
 
 
 async def test_the_catalogs_enums_are_the_databases_check_constraints(admin: asyncpg.Connection) -> None:

@@ -13,18 +13,15 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from whatsched.contracts import contract_path
+
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
 
 def catalog_path() -> Path:
-    """contracts/events.json at the repository root (the package is installed editable from it)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "contracts" / "events.json"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError("contracts/events.json not found above " + str(here))
+    """contracts/events.json at the repository root."""
+    return contract_path("events.json")
 
 
 def _load() -> dict[str, Any]:

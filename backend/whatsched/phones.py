@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberType
 
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")  # the guide's pattern, also checked in the database
+from whatsched.contracts import E164_PATTERN
+
+E164 = re.compile(E164_PATTERN)  # the guide's pattern (contracts/limits.json), also checked in the database
 # Lines that can never hold a WhatsApp account.
 _NOT_MOBILE = {
     PhoneNumberType.FIXED_LINE,
@@ -56,6 +58,6 @@ def normalize(raw: str | None, default_country: str | None = None) -> Parsed:
     if phonenumbers.number_type(number) in _NOT_MOBILE:
         return Parsed(None, "not a mobile number (WhatsApp needs a mobile line)")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if not E164.match(e164):
+    if not E164.fullmatch(e164):
         return Parsed(None, "not a valid E.164 number")
     return Parsed(e164, None)

@@ -2,6 +2,13 @@
 // names and ack levels on one side, our statuses, delivery events and error
 // codes on the other, and the single function that maps WhatsApp acks to ours.
 
+import { readFileSync } from 'node:fs';
+
+// The values the backend and the database check alike (the E.164 pattern, the longest message
+// id, our connection statuses) are contracts/limits.json's, read once at startup: the bridge runs
+// from the checkout (deploy/whatsched-bridge.service), so the file is always beside it.
+const LIMITS = JSON.parse(readFileSync(new URL('../../contracts/limits.json', import.meta.url), 'utf8'));
+
 // whatsapp-web.js Client event names (whatsapp-web.js src/util/Constants.js `Events`).
 export const WA_EVENTS = Object.freeze({
   QR: 'qr',
@@ -58,14 +65,10 @@ export const ACK_DEVICE = 2;
 export const ACK_READ = 3;
 export const ACK_PLAYED = 4;
 
-// Our WhatsApp connection statuses, as reported by GET /status and events.
-export const STATUS = Object.freeze({
-  CONNECTED: 'connected',
-  DISCONNECTED: 'disconnected',
-  QR_NEEDED: 'qr_needed',
-  INITIALIZING: 'initializing',
-  STOPPED: 'stopped', // after POST /session/stop: no client, no browser, until /session/start
-});
+// Our WhatsApp connection statuses, as reported by GET /status and events: contracts/limits.json's
+// connection_states, each named in capitals (CONNECTED, DISCONNECTED, QR_NEEDED, INITIALIZING, and
+// STOPPED: after POST /session/stop, no client, no browser, until /session/start).
+export const STATUS = Object.freeze(Object.fromEntries(LIMITS.connection_states.map((s) => [s.toUpperCase(), s])));
 
 // Our delivery events for a sent message (the `ack` field of message_ack events).
 export const DELIVERY = Object.freeze({
@@ -114,7 +117,7 @@ export const ERRORS = Object.freeze({
 export const RESTRICTED_NEW_CHATS_ERROR = /\b463\b|\brestricted\b/i;
 
 // Request limits of POST /send.
-export const E164_PATTERN = /^\+[1-9]\d{1,14}$/;
+export const E164_PATTERN = new RegExp(LIMITS.e164_pattern);
 export const MAX_BODY_CHARS = 4096;
 export const MAX_IDEMPOTENCY_KEY_CHARS = 200;
 export const MAX_REQUEST_BYTES = 64 * 1024;
@@ -124,8 +127,8 @@ export const MAX_MEDIA_BYTES = 100 * 1024 * 1024; // WhatsApp's own limit for do
 export const MAX_MEDIA_URL_CHARS = 2000;
 export const MAX_MEDIA_NAME_CHARS = 255; // mime_type and filename
 export const SHA256_PATTERN = /^[0-9a-f]{64}$/;
-// POST /simulator/inbound: the longest whatsapp_message_id accepted (the backend stores up to 300).
-export const MAX_MESSAGE_ID_CHARS = 300;
+// POST /simulator/inbound: the longest whatsapp_message_id accepted (the backend's and the database's).
+export const MAX_MESSAGE_ID_CHARS = LIMITS.whatsapp_message_id_max_chars;
 
 // Headers of the signed events sent to the backend.
 export const SIGNATURE_HEADER = 'X-Bridge-Signature';

@@ -49,6 +49,19 @@ as $$
   select current_user in ('anon', 'authenticated');
 $$;
 
+-- A phone number in E.164, the one copy in the schema of contracts/limits.json's e164_pattern
+-- (tests/test_contracts.py compares them): every phone column's check and every phone a bridge
+-- reports are matched against it. Immutable, so each statement folds it to a constant once.
+create or replace function private.e164_pattern()
+returns text
+language sql
+immutable
+parallel safe
+set search_path = ''
+as $$
+  select '^\+[1-9][0-9]{1,14}$';
+$$;
+
 -- Asking Postgres to convert a time is instant; scanning pg_timezone_names costs ~80 ms per call.
 create or replace function private.is_timezone(tz text)
 returns boolean
@@ -109,7 +122,7 @@ create table public.contacts (
   id uuid primary key default gen_random_uuid(),
   created_by uuid not null default auth.uid() references auth.users (id) on delete cascade,
   name text not null check (char_length(name) between 1 and 200),
-  phone text not null check (phone ~ '^\+[1-9]\d{1,14}$'),
+  phone text not null check (phone ~ private.e164_pattern()),
   email text check (email is null or (char_length(email) <= 320 and email ~ '^[^@\s]+@[^@\s]+\.[^@\s]+$')),
   is_active boolean not null default true,
   opted_out_at timestamptz,
@@ -224,7 +237,7 @@ create table public.deliveries (
   message_id uuid not null,
   created_by uuid not null,
   contact_id uuid references public.contacts (id) on delete set null,
-  phone text not null check (phone ~ '^\+[1-9]\d{1,14}$'),
+  phone text not null check (phone ~ private.e164_pattern()),
   contact_name text,
   state text not null default 'pending'
     check (state in ('pending', 'sending', 'sent', 'delivered', 'read', 'failed', 'cancelled', 'skipped')),
@@ -296,13 +309,13 @@ create table public.replies (
   id uuid primary key default gen_random_uuid(),
   created_by uuid not null references auth.users (id) on delete cascade,
   contact_id uuid references public.contacts (id) on delete set null,
-  phone text not null check (phone ~ '^\+[1-9]\d{1,14}$'),
+  phone text not null check (phone ~ private.e164_pattern()),
   text text not null check (char_length(text) <= 4096),
   -- reply | opt_out | opt_in: what the whole text meant (public.reply_kind)
   kind text not null check (kind in ('reply', 'opt_out', 'opt_in')),
   -- The last message sent to this phone by this owner when the reply arrived, if any.
   message_id uuid references public.messages (id) on delete set null,
-  whatsapp_message_id text not null check (char_length(whatsapp_message_id) <= 200),
+  whatsapp_message_id text not null check (char_length(whatsapp_message_id) <= 300),
   received_at timestamptz not null,
   created_at timestamptz not null default now(),
   constraint replies_once_per_owner unique (created_by, whatsapp_message_id)

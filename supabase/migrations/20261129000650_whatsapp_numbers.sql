@@ -55,7 +55,7 @@
 create table public.whatsapp_numbers (
   id uuid primary key default gen_random_uuid(),
   label text not null check (char_length(label) between 1 and 100),
-  phone text check (phone ~ '^\+[1-9][0-9]{1,14}$'),
+  phone text check (phone ~ private.e164_pattern()),
   -- The bridge process that drives it; null for the default row means the deployment's BRIDGE_URL.
   bridge_url text check (bridge_url ~ '^https?://[^[:space:]]+$' and char_length(bridge_url) <= 500),
   status text not null default 'stopped'
@@ -692,7 +692,8 @@ begin
       reported_status = said,
       raw_state = left(p_raw_state, 100),
       -- A phone in E.164 (with or without its '+'); anything else keeps the one known.
-      phone = case when p_phone ~ '^\+?[1-9][0-9]{1,14}$' then '+' || ltrim(p_phone, '+') else phone end,
+      phone = case when regexp_replace(p_phone, '^\+?', '+') ~ private.e164_pattern()
+                   then regexp_replace(p_phone, '^\+?', '+') else phone end,
       last_disconnect_reason = case when p_status = 'connected' then last_disconnect_reason
                                     else coalesce(left(p_reason, 2000), last_disconnect_reason) end,
       last_error = left(p_reason, 2000),

@@ -96,6 +96,19 @@ def request_headers(ip: str | None, user_agent: str | None) -> dict[str, str]:
     return {name: value for name, value in headers.items() if value}
 
 
+def user_begin(claims: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> str:
+    """The text that opens a user transaction, in one round trip: BEGIN, then one select that sets
+    the role, the verified JWT claims, the request's headers and the role's statement timeout."""
+    literal = sql_literal(json.dumps(dict(claims)))
+    header_literal = sql_literal(json.dumps(dict(headers or {})))
+    return (
+        "begin; select set_config('role', 'authenticated', true),"
+        f" set_config('request.jwt.claims', {literal}, true),"
+        f" set_config('request.headers', {header_literal}, true),"
+        f" set_config('statement_timeout', current_setting('{USER_TIMEOUT_SETTING}'), true)"
+    )
+
+
 @asynccontextmanager
 async def user_tx(
     pool: asyncpg.Pool, claims: Mapping[str, Any], headers: Mapping[str, str] | None = None
@@ -107,15 +120,16 @@ async def user_tx(
     BEGIN and the settings travel in one round trip (a simple-protocol batch), so inside it use
     plain SQL `savepoint` rather than asyncpg's `conn.transaction()`. Committed when the block
     ends, rolled back if it raises."""
-    literal = sql_literal(json.dumps(dict(claims)))
-    header_literal = sql_literal(json.dumps(dict(headers or {})))
+    async with begun_tx(pool, user_begin(claims, headers)) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def begun_tx(pool: asyncpg.Pool, begin: str) -> AsyncIterator[asyncpg.Connection]:
+    """user_tx with its opening text already built (`user_begin`; the API keeps it per token).
+    A read costs three round trips: this text, the query, COMMIT."""
     async with pool.acquire() as conn:
-        await conn.execute(
-            "begin; select set_config('role', 'authenticated', true),"
-            f" set_config('request.jwt.claims', {literal}, true),"
-            f" set_config('request.headers', {header_literal}, true),"
-            f" set_config('statement_timeout', current_setting('{USER_TIMEOUT_SETTING}'), true)"
-        )
+        await conn.execute(begin)
         try:
             yield conn
         except BaseException:

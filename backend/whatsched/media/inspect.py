@@ -18,6 +18,7 @@ import filetype
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CHUNK = 1 << 20
+ORIENTATION = 0x0112  # the EXIF tag that says how to turn the picture upright
 STRIPPED = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 
@@ -88,12 +89,15 @@ def _image(path: Path, mime_type: str, keep_metadata: bool) -> tuple[Path, int, 
             img.load()
             if keep_metadata:
                 return path, img.width, img.height
-            oriented = ImageOps.exif_transpose(img)  # the picture as seen, before its EXIF goes
+            # The picture as seen, before its EXIF goes (exif_transpose copies even an upright one).
+            upright = img.getexif().get(ORIENTATION, 1) == 1
+            oriented = img if upright else ImageOps.exif_transpose(img)
             fd, name = tempfile.mkstemp(dir=path.parent, suffix=".clean")
             os.close(fd)
             out = Path(name)
             fmt = STRIPPED[mime_type]
-            if fmt == "JPEG" and oriented is img:
+            if fmt == "JPEG" and upright:
+                # Its own quantisation tables: no second round of lossy compression, no growth.
                 img.save(out, fmt, quality="keep", exif=b"", icc_profile=img.info.get("icc_profile"))
             elif fmt == "JPEG":
                 oriented.save(out, fmt, quality=95, exif=b"", icc_profile=img.info.get("icc_profile"))

@@ -12,40 +12,55 @@ from uuid import UUID
 
 import asyncpg
 
+from whatsched.db.paging import limit_offset
+from whatsched.db.sql import Args, ts
 from whatsched.notifications.texts import NotificationText
 
-# The guide's notification shape, as columns.
-COLUMNS = "id::text, type, title, message, is_read, related_entity_type, related_entity_id::text, created_at"
+# The guide's notification shape, over a relation aliased `n`.
+NOTIFICATION_JSON = f"""json_build_object(
+  'id', n.id,
+  'type', n.type,
+  'title', n.title,
+  'message', n.message,
+  'is_read', n.is_read,
+  'related_entity_type', n.related_entity_type,
+  'related_entity_id', n.related_entity_id,
+  'created_at', {ts("n.created_at")}
+)"""
+
+NEWEST_FIRST = "n.created_at desc, n.id desc"
+
+
+def inbox_query(is_read: bool | None, kind: str | None, page: int, page_size: int) -> tuple[str, list[object]]:
+    """One statement: the page of the caller's notifications (newest first, optionally only
+    read/unread and of one type) and how many there are in all, as the response's JSON text."""
+    arg = Args()
+    where = ["n.user_id = (select auth.uid())"]
+    if is_read is not None:
+        where.append(f"n.is_read = {arg(is_read)}")
+    if kind is not None:
+        where.append(f"n.type = {arg(kind)}")
+    condition = " and ".join(where)
+    limit, offset = limit_offset(page, page_size)
+    sql = f"""
+with page as (
+  select n.* from public.notifications n where {condition} order by {NEWEST_FIRST} limit {limit} offset {offset}
+)
+select json_build_object(
+  'items', coalesce((select json_agg({NOTIFICATION_JSON} order by {NEWEST_FIRST}) from page n), '[]'::json),
+  'total', (select count(*) from public.notifications n where {condition}),
+  'page', {int(page)}::integer,
+  'page_size', {limit}::integer
+)::text"""
+    return sql, arg.values
 
 
 async def inbox_page(
-    conn: asyncpg.Connection, is_read: bool | None, kind: str | None, limit: int, offset: int
-) -> tuple[list[asyncpg.Record], int]:
-    """The page of the caller's notifications (newest first, optionally only read/unread and of
-    one type), and how many there are in all."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        f"""select {COLUMNS}, count(*) over () as total
-            from public.notifications
-            where user_id = (select auth.uid())
-              and ($1::boolean is null or is_read = $1) and ($2::text is null or type = $2)
-            order by created_at desc, id desc
-            limit $3 offset $4""",
-        is_read,
-        kind,
-        limit,
-        offset,
-    )
-    if rows:
-        total = int(rows[0]["total"])
-    else:  # past the last page: the window count has no row to ride on
-        total = await conn.fetchval(
-            """select count(*) from public.notifications
-               where user_id = (select auth.uid())
-                 and ($1::boolean is null or is_read = $1) and ($2::text is null or type = $2)""",
-            is_read,
-            kind,
-        )
-    return rows, total
+    conn: asyncpg.Connection, is_read: bool | None, kind: str | None, page: int, page_size: int
+) -> str:
+    sql, args = inbox_query(is_read, kind, page, page_size)
+    text: str = await conn.fetchval(sql, *args)
+    return text
 
 
 async def unread_count(conn: asyncpg.Connection) -> int:
@@ -63,12 +78,13 @@ async def mark_all_read(conn: asyncpg.Connection) -> int:
     return int(status.split()[-1])
 
 
-async def mark_read(conn: asyncpg.Connection, notification_id: UUID) -> asyncpg.Record | None:
-    """The notification (COLUMNS) after marking it read; None when it is not the caller's."""
-    row: asyncpg.Record | None = await conn.fetchrow(
-        f"update public.notifications set is_read = true where id = $1 returning {COLUMNS}", notification_id
+async def mark_read(conn: asyncpg.Connection, notification_id: UUID) -> str | None:
+    """The notification's JSON after marking it read; None when it is not the caller's."""
+    text: str | None = await conn.fetchval(
+        f"update public.notifications n set is_read = true where n.id = $1 returning {NOTIFICATION_JSON}::text",
+        notification_id,
     )
-    return row
+    return text
 
 
 async def delete(conn: asyncpg.Connection, notification_id: UUID) -> bool:

@@ -1,5 +1,6 @@
 """The SQL of the caller's replies: a page, newest first, optionally from one contact or answering
-one message. RLS keeps every user to the replies kept for them (an admin sees all)."""
+one message, built as the response's JSON by Postgres. RLS keeps every user to the replies kept for
+them (an admin sees all, so the page names the caller's own)."""
 
 from __future__ import annotations
 
@@ -7,29 +8,54 @@ from uuid import UUID
 
 import asyncpg
 
-COLUMNS = (
-    "r.id::text, r.contact_id::text, c.name as contact_name, r.phone, r.text, r.kind, r.message_id::text, r.received_at"
+from whatsched.db.paging import limit_offset
+from whatsched.db.sql import Args, ts
+
+# The guide's reply shape, over replies `r` left-joined to their contact `c`.
+REPLY_JSON = f"""json_build_object(
+  'id', r.id,
+  'contact_id', r.contact_id,
+  'contact_name', c.name,
+  'phone', r.phone,
+  'text', r.text,
+  'kind', r.kind,
+  'message_id', r.message_id,
+  'received_at', {ts("r.received_at")}
+)"""
+
+NEWEST_FIRST = "r.received_at desc, r.id desc"
+
+
+def replies_query(
+    contact_id: UUID | None, message_id: UUID | None, page: int, page_size: int
+) -> tuple[str, list[object]]:
+    """One statement: the page of the caller's replies (their own, even for an admin) and how many
+    match in all, as the response's JSON text."""
+    arg = Args()
+    where = ["r.created_by = (select auth.uid())"]
+    if contact_id is not None:
+        where.append(f"r.contact_id = {arg(contact_id)}::uuid")
+    if message_id is not None:
+        where.append(f"r.message_id = {arg(message_id)}::uuid")
+    condition = " and ".join(where)
+    limit, offset = limit_offset(page, page_size)
+    sql = f"""
+with page as (
+  select r.* from public.replies r where {condition} order by {NEWEST_FIRST} limit {limit} offset {offset}
 )
-FILTER = """where r.created_by = (select auth.uid())
-  and ($1::uuid is null or r.contact_id = $1) and ($2::uuid is null or r.message_id = $2)"""
+select json_build_object(
+  'items', coalesce((select json_agg({REPLY_JSON} order by {NEWEST_FIRST})
+                     from page r left join public.contacts c on c.id = r.contact_id), '[]'::json),
+  'total', (select count(*) from public.replies r where {condition}),
+  'page', {int(page)}::integer,
+  'page_size', {limit}::integer
+)::text"""
+    return sql, arg.values
 
 
 async def replies_page(
-    conn: asyncpg.Connection, contact_id: UUID | None, message_id: UUID | None, limit: int, offset: int
-) -> tuple[list[asyncpg.Record], int]:
-    """The caller's replies (their own, even for an admin) and how many match in all."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        f"""select {COLUMNS}, count(*) over () as total
-            from public.replies r left join public.contacts c on c.id = r.contact_id
-            {FILTER}
-            order by r.received_at desc, r.id desc
-            limit $3 offset $4""",
-        contact_id,
-        message_id,
-        limit,
-        offset,
-    )
-    if rows:
-        return rows, int(rows[0]["total"])
-    total: int = await conn.fetchval(f"select count(*) from public.replies r {FILTER}", contact_id, message_id)
-    return rows, total
+    conn: asyncpg.Connection, contact_id: UUID | None, message_id: UUID | None, page: int, page_size: int
+) -> str:
+    sql, args = replies_query(contact_id, message_id, page, page_size)
+    text: str = await conn.fetchval(sql, *args)
+    return text

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from whatsched.models import UtcDateTime
 
+# contracts/limits.json's number_states (tests/test_contracts.py holds them equal).
 NumberStatus = Literal["stopped", "starting", "qr_needed", "connected", "failed", "paused", "blocked"]
 NumberAction = Literal["start", "stop", "restart", "logout"]
 

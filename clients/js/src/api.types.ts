@@ -1173,7 +1173,7 @@ export interface components {
              * Status
              * @enum {string}
              */
-            status: "ok" | "down" | "not_configured" | "connected" | "disconnected" | "qr_needed" | "initializing" | "unreachable";
+            status: "ok" | "down" | "not_configured" | "connected" | "disconnected" | "qr_needed" | "initializing" | "stopped" | "unreachable";
             /** Latency Ms */
             latency_ms?: number | null;
             /** Detail */
@@ -2538,7 +2538,7 @@ export interface components {
              * Status
              * @enum {string}
              */
-            status: "ok" | "down" | "not_configured" | "connected" | "disconnected" | "qr_needed" | "initializing" | "unreachable";
+            status: "ok" | "down" | "not_configured" | "connected" | "disconnected" | "qr_needed" | "initializing" | "stopped" | "unreachable";
             /** Latency Ms */
             latency_ms?: number | null;
             /** Detail */
@@ -2560,7 +2560,7 @@ export interface components {
              * Status
              * @enum {string}
              */
-            status: "ok" | "down" | "not_configured" | "connected" | "disconnected" | "qr_needed" | "initializing" | "unreachable";
+            status: "ok" | "down" | "not_configured" | "connected" | "disconnected" | "qr_needed" | "initializing" | "stopped" | "unreachable";
             /** Latency Ms */
             latency_ms?: number | null;
             /** Detail */

@@ -22,6 +22,7 @@ from whatsched.api.errors import ApiError, responses
 from whatsched.api.routes.health import WhatsAppComponent, check_whatsapp
 from whatsched.api.routes.metrics import SystemFigures, system_figures
 from whatsched.auth.queries import is_admin
+from whatsched.db.paging import limit_offset
 from whatsched.models import UtcDateTime
 
 router = APIRouter(prefix="/api/analytics", tags=["analytics"])
@@ -234,7 +235,7 @@ async def groups(
 ) -> Page[GroupReach]:
     """The reach of each group, by name."""
     everyone = await _widen(conn, who, scope, "groups")
-    data = await queries.groups(conn, everyone, paging.page_size, paging.offset)
+    data = await queries.groups(conn, everyone, *limit_offset(paging.page, paging.page_size))
     return Page[GroupReach](
         items=[GroupReach.model_validate(item) for item in data["items"]],
         total=data["total"],

@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from whatsched.api.deps import Resources, ResourcesDep
 from whatsched.api.errors import ApiError
+from whatsched.contracts import E164_PATTERN, WHATSAPP_MESSAGE_ID_MAX_CHARS
 from whatsched.db.pool import service_tx
 from whatsched.dispatcher import notify
 from whatsched.whatsapp import queries
@@ -65,7 +66,7 @@ class BridgeEvent(BaseModel):
 
 class MessageAck(BridgeEvent):
     type: Literal["message_ack"]
-    whatsapp_message_id: str = Field(min_length=1, max_length=300)
+    whatsapp_message_id: str = Field(min_length=1, max_length=WHATSAPP_MESSAGE_ID_MAX_CHARS)
     idempotency_key: str | None = Field(default=None, max_length=300)
     ack: Literal["sent", "delivered", "read", "failed"]
     at: datetime | None = None
@@ -73,7 +74,9 @@ class MessageAck(BridgeEvent):
 
 class WhatsAppStatus(BridgeEvent):
     type: Literal["whatsapp_status"]
-    status: Literal["connected", "disconnected", "qr_needed", "initializing", "starting", "stopped"]
+    # contracts/limits.json's connection_states (a test holds them equal), and `starting`, a
+    # number's own word for initializing, which private.number_status takes alike.
+    status: Literal["connected", "disconnected", "qr_needed", "initializing", "stopped", "starting"]
     qr_code: str | None = None
     phone: str | None = Field(default=None, max_length=40)
     since: str | None = None
@@ -89,10 +92,10 @@ class BridgeRegistered(BridgeEvent):
 
 class InboundMessage(BridgeEvent):
     type: Literal["inbound_message"]
-    phone: str = Field(pattern=r"^\+[1-9]\d{1,14}$")
+    phone: str = Field(pattern=E164_PATTERN)
     # Whatever WhatsApp allowed; what is kept is cut to 4096 characters (the longest message).
     text: str = Field(max_length=65_536)
-    whatsapp_message_id: str = Field(min_length=1, max_length=300)
+    whatsapp_message_id: str = Field(min_length=1, max_length=WHATSAPP_MESSAGE_ID_MAX_CHARS)
     at: datetime | None = None
 
 

@@ -17,8 +17,8 @@ import asyncpg
 from fastapi import APIRouter, Query, Response
 
 from whatsched import phones
-from whatsched.api.common import audit_action
-from whatsched.api.deps import CallerDep, PagingDep, UserConn
+from whatsched.api.common import audit_action, pg_json
+from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, responses
 from whatsched.auth.queries import is_admin
 from whatsched.directory import contacts
@@ -26,14 +26,8 @@ from whatsched.directory.models import Contact, ContactCreate, ContactPage, Cont
 
 router = APIRouter(prefix="/api/contacts", tags=["contacts"])
 
-JSON = "application/json"
 # Written in international form ("+56 ...", "0056 ..."): no default country needed.
 _INTERNATIONAL = re.compile(r"^\s*(\+|00[\s.\-()/]*[1-9])")
-
-
-def _json(text: str, status: int = 200) -> Response:
-    # Already serialised by Postgres: no model re-validation on the way out.
-    return Response(content=text.encode(), status_code=status, media_type=JSON)
 
 
 def _not_found(contact_id: str) -> ApiError:
@@ -93,18 +87,19 @@ async def list_contacts(
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's contacts (admins only)"),
     paging: PagingDep,
     who: CallerDep,
-    conn: UserConn,
+    res: ResourcesDep,
 ) -> Response:
     """Your contacts with their group ids, by name unless `sort` says otherwise."""
     filters = contacts.ContactFilters(q=q or None, is_active=is_active, group_id=str(group_id) if group_id else None)
-    if scope == "all":
-        if not await is_admin(conn):
-            raise ApiError(403, "forbidden", "Only an admin can list every user's contacts.")
-        filters.everyone = True
-        await audit_action(conn, who, "contact.read_all", "contact", None, {"q": q or ""})
-    text = await contacts.list_contacts(conn, filters, sort, paging.page, paging.page_size)
+    async with caller_tx(res, who) as conn:
+        if scope == "all":
+            if not await is_admin(conn):
+                raise ApiError(403, "forbidden", "Only an admin can list every user's contacts.")
+            filters.everyone = True
+            await audit_action(conn, who, "contact.read_all", "contact", None, {"q": q or ""})
+        text = await contacts.list_contacts(conn, filters, sort, paging.page, paging.page_size)
     assert text is not None  # only a members listing (member_of) can come back empty
-    return _json(text)
+    return pg_json(text)
 
 
 @router.post("", response_model=Contact, status_code=201, responses=responses(400, 401, 404, 409, 422))
@@ -117,7 +112,7 @@ async def create_contact(body: ContactCreate, conn: UserConn) -> Response:
     )
     if body.group_ids:
         await _link(conn, contact_id, body.group_ids, replace=False)
-    return _json(await _contact_or_404(conn, contact_id), 201)
+    return pg_json(await _contact_or_404(conn, contact_id), 201)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -132,7 +127,7 @@ async def create_contact(body: ContactCreate, conn: UserConn) -> Response:
 )
 async def get_contact(contact_id: UUID, conn: UserConn) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
-    return _json(await _contact_or_404(conn, str(contact_id)))
+    return pg_json(await _contact_or_404(conn, str(contact_id)))
 
 
 @router.put("/{contact_id}", response_model=Contact, responses=responses(400, 401, 404, 409, 422))
@@ -156,7 +151,7 @@ async def update_contact(contact_id: UUID, body: ContactUpdate, conn: UserConn) 
         raise _not_found(cid)
     if "group_ids" in sent and await _link(conn, cid, body.group_ids, replace=True) and not changes:
         await contacts.touch(conn, cid)
-    return _json(await _contact_or_404(conn, cid))
+    return pg_json(await _contact_or_404(conn, cid))
 
 
 @router.delete("/{contact_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))

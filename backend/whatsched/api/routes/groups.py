@@ -13,11 +13,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from whatsched.api.common import audit_action
-from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn
+from whatsched.api.common import audit_action, pg_json
+from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.auth.queries import is_admin
-from whatsched.db.pool import user_tx
 from whatsched.directory import contacts, groups
 from whatsched.directory.models import (
     ContactPage,
@@ -33,13 +32,6 @@ from whatsched.directory.models import (
 from whatsched.rules import rate_limit_status
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
-
-JSON = "application/json"
-
-
-def _json(text: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # Already serialised by Postgres: no model re-validation on the way out.
-    return Response(content=text.encode(), status_code=status, media_type=JSON, headers=headers)
 
 
 def _not_found(group_id: str) -> ApiError:
@@ -59,16 +51,18 @@ async def list_groups(
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's groups (admins only)"),
     paging: PagingDep,
     who: CallerDep,
-    conn: UserConn,
+    res: ResourcesDep,
 ) -> Response:
     """Your groups, by name unless `sort` says otherwise."""
     filters = groups.GroupFilters(q=q or None)
-    if scope == "all":
-        if not await is_admin(conn):
-            raise ApiError(403, "forbidden", "Only an admin can list every user's groups.")
-        filters.everyone = True
-        await audit_action(conn, who, "group.read_all", "group", None, {"q": q or ""})
-    return _json(await groups.list_groups(conn, filters, sort, paging.page, paging.page_size))
+    async with caller_tx(res, who) as conn:
+        if scope == "all":
+            if not await is_admin(conn):
+                raise ApiError(403, "forbidden", "Only an admin can list every user's groups.")
+            filters.everyone = True
+            await audit_action(conn, who, "group.read_all", "group", None, {"q": q or ""})
+        text = await groups.list_groups(conn, filters, sort, paging.page, paging.page_size)
+    return pg_json(text)
 
 
 @router.post("", response_model=Group, status_code=201, responses=responses(400, 401, 409, 422, 429))
@@ -76,10 +70,10 @@ async def create_group(body: GroupCreate, who: CallerDep, res: ResourcesDep) -> 
     """A new, empty group. Names are unique per user regardless of case (409 duplicate_group_name).
     Limited to 5 per minute per user, counted by the database for every caller (429 with
     Retry-After; X-RateLimit-* headers tell how many remain). Only groups created count."""
-    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
+    async with caller_tx(res, who) as conn:
         text = await groups.insert_group(conn, body.name, body.description or "")
         limit_headers = rate_limit_headers(await rate_limit_status(conn, "group_create"))
-    return _json(text, 201, headers=limit_headers)
+    return pg_json(text, 201, headers=limit_headers)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -97,7 +91,7 @@ async def get_group(group_id: UUID, conn: UserConn) -> Response:
     text = await groups.group_json(conn, str(group_id))
     if text is None:
         raise _not_found(str(group_id))
-    return _json(text)
+    return pg_json(text)
 
 
 @router.put("/{group_id}", response_model=Group, responses=responses(400, 401, 404, 409, 422))
@@ -112,7 +106,7 @@ async def update_group(group_id: UUID, body: GroupUpdate, conn: UserConn) -> Res
     text = await groups.update_group(conn, str(group_id), changes)
     if text is None:
         raise _not_found(str(group_id))
-    return _json(text)
+    return pg_json(text)
 
 
 @router.delete("/{group_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))
@@ -144,7 +138,7 @@ async def list_members(
     text = await contacts.list_contacts(conn, filters, sort, paging.page, paging.page_size)
     if text is None:
         raise _not_found(str(group_id))
-    return _json(text)
+    return pg_json(text)
 
 
 @router.post(
@@ -176,7 +170,7 @@ async def add_members(group_id: UUID, body: MembersAdd, conn: UserConn) -> Respo
             ],
         )
     answer = MembersAdded(added=result.added, already_members=result.distinct_requested - result.added)
-    return _json(answer.model_dump_json(), 201 if result.added else 200)
+    return pg_json(answer.model_dump_json(), 201 if result.added else 200)
 
 
 @router.delete(

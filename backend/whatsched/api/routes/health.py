@@ -22,7 +22,7 @@ from whatsched.whatsapp.queries import numbers_health
 router = APIRouter(prefix="/api/health", tags=["health"])
 
 ComponentStatus = Literal[
-    "ok", "down", "not_configured", "connected", "disconnected", "qr_needed", "initializing", "unreachable"
+    "ok", "down", "not_configured", "connected", "disconnected", "qr_needed", "initializing", "stopped", "unreachable"
 ]
 
 

@@ -16,12 +16,11 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Body, Query, Response
 
-from whatsched.api.common import QueryDateTime, audit_action
-from whatsched.api.deps import CallerDep, PagingDep, Resources, ResourcesDep, UserConn
+from whatsched.api.common import QueryDateTime, audit_action, pg_json
+from whatsched.api.deps import CallerDep, PagingDep, Resources, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.auth.queries import is_admin
 from whatsched.bridge_client import BridgeError
-from whatsched.db.pool import user_tx
 from whatsched.messages import queries
 from whatsched.messages.models import (
     STATUSES,
@@ -42,14 +41,8 @@ from whatsched.rules import rate_limit_status
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
-JSON = "application/json"
 BRIDGE_CHECK_TIMEOUT_S = 3.0
 PREVIEW_SAMPLE = 10
-
-
-def _json(text: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # Already serialised by Postgres: no model re-validation on the way out.
-    return Response(content=text.encode(), status_code=status, media_type=JSON, headers=headers)
 
 
 def _not_found(message_id: str) -> ApiError:
@@ -111,20 +104,21 @@ async def list_messages(
     scope: Literal["mine", "all"] = Query("mine", description="all: every user's messages (admins only)"),
     paging: PagingDep,
     who: CallerDep,
-    conn: UserConn,
+    res: ResourcesDep,
 ) -> Response:
     """Your messages, newest first by default. Times without offset are read in your timezone."""
     filters = queries.ListFilters(statuses=_statuses(status), q=q or None, group_id=str(group_id) if group_id else None)
-    filters.scheduled_from, filters.scheduled_to, filters.created_from, filters.created_to = await queries.localize(
-        conn, scheduled_from, scheduled_to, created_from, created_to
-    )
-    if scope == "all":
-        if not await is_admin(conn):
-            raise ApiError(403, "forbidden", "Only an admin can list every user's messages.")
-        filters.everyone = True
-        await audit_action(conn, who, "message.read_all", "message", None, {"q": q or ""})
-    text = await queries.list_messages(conn, filters, sort, paging.page, paging.page_size)
-    return _json(text)
+    async with caller_tx(res, who) as conn:
+        filters.scheduled_from, filters.scheduled_to, filters.created_from, filters.created_to = await queries.localize(
+            conn, scheduled_from, scheduled_to, created_from, created_to
+        )
+        if scope == "all":
+            if not await is_admin(conn):
+                raise ApiError(403, "forbidden", "Only an admin can list every user's messages.")
+            filters.everyone = True
+            await audit_action(conn, who, "message.read_all", "message", None, {"q": q or ""})
+        text = await queries.list_messages(conn, filters, sort, paging.page, paging.page_size)
+    return pg_json(text)
 
 
 @router.post("", response_model=Message, status_code=201, responses=responses(400, 401, 404, 422))
@@ -136,7 +130,7 @@ async def create_message(body: MessageCreate, conn: UserConn) -> Response:
     number_id = str(body.number_id) if body.number_id else None
     message_id = await queries.insert_message(conn, body.content, at, body.recurrence, number_id)
     await _link_groups(conn, message_id, body.group_ids, replace=False)
-    return _json(await _message_or_404(conn, message_id), 201)
+    return pg_json(await _message_or_404(conn, message_id), 201)
 
 
 # Declared before /{message_id} so "dashboard" is never read as an id.
@@ -153,7 +147,7 @@ async def dashboard(
         if not await is_admin(conn):
             raise ApiError(403, "forbidden", "Only an admin can read everyone's dashboard.")
         await audit_action(conn, who, "analytics.read_all", "dashboard", None, {"route": "/api/messages/dashboard"})
-    return _json(await queries.dashboard_json(conn, everyone))
+    return pg_json(await queries.dashboard_json(conn, everyone))
 
 
 # -----------------------------------------------------------------------------------------------
@@ -166,9 +160,11 @@ async def dashboard(
     response_model=Message,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
-async def get_message(message_id: UUID, conn: UserConn) -> Response:
+async def get_message(message_id: UUID, who: CallerDep, res: ResourcesDep) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
-    return _json(await _message_or_404(conn, str(message_id)))
+    async with caller_tx(res, who) as conn:
+        text = await _message_or_404(conn, str(message_id))
+    return pg_json(text)
 
 
 @router.put("/{message_id}", response_model=Message, responses=responses(400, 401, 404, 409, 422))
@@ -196,7 +192,7 @@ async def update_message(
         raise _not_found(mid)
     if "group_ids" in sent and await _link_groups(conn, mid, body.group_ids, replace=True) and not changes:
         await queries.touch(conn, mid)
-    return _json(await _message_or_404(conn, mid))
+    return pg_json(await _message_or_404(conn, mid))
 
 
 @router.delete("/{message_id}", status_code=204, response_class=Response, responses=responses(401, 404, 409, 422))
@@ -243,7 +239,7 @@ async def schedule_message(
     mid = str(message_id)
     # Ask the bridge before opening the transaction: a slow bridge must not hold a database connection.
     connected = await _whatsapp_connected(res)
-    async with user_tx(res.pool, who.claims, who.request_headers) as conn:
+    async with caller_tx(res, who) as conn:
         (at,) = await queries.localize(conn, body.scheduled_for if body else None)
         await queries.schedule(conn, mid, at)
         limit_headers = rate_limit_headers(await rate_limit_status(conn, "schedule"))
@@ -251,7 +247,7 @@ async def schedule_message(
         if not connected:
             await notify(conn, texts.SCHEDULED_WHILE_DISCONNECTED, "message", mid)
         text = await _message_or_404(conn, mid)
-    return _json(queries.with_warnings(text, warnings), headers=limit_headers)
+    return pg_json(queries.with_warnings(text, warnings), headers=limit_headers)
 
 
 async def _transition(conn: asyncpg.Connection, message_id: UUID, verb: queries.Transition) -> str:
@@ -266,26 +262,26 @@ TRANSITION_ERRORS = responses(401, 404, 409, 422)
 @router.post("/{message_id}/pause", response_model=Message, responses=TRANSITION_ERRORS)
 async def pause_message(message_id: UUID, conn: UserConn) -> Response:
     """scheduled | sending → paused (409 invalid_transition otherwise)."""
-    return _json(await _transition(conn, message_id, "pause"))
+    return pg_json(await _transition(conn, message_id, "pause"))
 
 
 @router.post("/{message_id}/resume", response_model=Message, responses=TRANSITION_ERRORS)
 async def resume_message(message_id: UUID, conn: UserConn) -> Response:
     """paused → scheduled (nothing sent yet) or sending (409 invalid_transition otherwise)."""
-    return _json(await _transition(conn, message_id, "resume"))
+    return pg_json(await _transition(conn, message_id, "resume"))
 
 
 @router.post("/{message_id}/cancel", response_model=Message, responses=TRANSITION_ERRORS)
 async def cancel_message(message_id: UUID, conn: UserConn) -> Response:
     """draft | scheduled | paused | sending → cancelled; pending deliveries are cancelled too."""
-    return _json(await _transition(conn, message_id, "cancel"))
+    return pg_json(await _transition(conn, message_id, "cancel"))
 
 
 @router.post("/{message_id}/duplicate", response_model=Message, status_code=201, responses=TRANSITION_ERRORS)
 async def duplicate_message(message_id: UUID, conn: UserConn) -> Response:
     """A new draft with the same content, groups and recurrence."""
     copy_id = await queries.duplicate(conn, str(message_id))
-    return _json(await _message_or_404(conn, copy_id), 201)
+    return pg_json(await _message_or_404(conn, copy_id), 201)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -319,7 +315,7 @@ async def preview_message(
         },
         "spam": {"verdict": "suspected" if rules else "ok", "rules": rules},
     }
-    return _json(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+    return pg_json(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
 
 @router.get("/{message_id}/stats", response_model=Stats, responses=MESSAGE_ERRORS)
@@ -328,4 +324,4 @@ async def message_stats(message_id: UUID, conn: UserConn) -> Response:
     text = await queries.stats_json(conn, str(message_id))
     if text is None:
         raise _not_found(str(message_id))
-    return _json(text)
+    return pg_json(text)

@@ -2,7 +2,8 @@
 
 The inbox is the caller's own notifications (an admin's RLS view is wider, so every query names
 `user_id = auth.uid()`); marking and deleting are allowed by RLS only on one's own, so another
-user's notification is a 404.
+user's notification is a 404. Notification JSON is built in SQL (whatsched.notifications.queries)
+and sent as is; the response models below document it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
-from whatsched.api.common import Page
-from whatsched.api.deps import PagingDep, UserConn
+from whatsched.api.common import Page, pg_json
+from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, responses
 from whatsched.models import UtcDateTime
 from whatsched.notifications import queries
@@ -54,12 +55,13 @@ async def list_notifications(
     is_read: bool | None = Query(None, description="only read (true) or unread (false) notifications"),
     type: NotificationType | None = Query(None, description="only this type"),
     paging: PagingDep,
-    conn: UserConn,
-) -> Page[Notification]:
+    who: CallerDep,
+    res: ResourcesDep,
+) -> Response:
     """Newest first."""
-    rows, total = await queries.inbox_page(conn, is_read, type, paging.page_size, paging.offset)
-    items = [Notification(**{k: v for k, v in row.items() if k != "total"}) for row in rows]
-    return Page[Notification](items=items, total=total, page=paging.page, page_size=paging.page_size)
+    async with caller_tx(res, who) as conn:
+        text = await queries.inbox_page(conn, is_read, type, paging.page, paging.page_size)
+    return pg_json(text)
 
 
 # Declared before /{notification_id} routes; the literal path wins for GET anyway.
@@ -74,11 +76,11 @@ async def mark_all_read(conn: UserConn) -> Updated:
 
 
 @router.post("/mark-read/{notification_id}", response_model=Notification, responses=responses(401, 404, 422))
-async def mark_read(notification_id: UUID, conn: UserConn) -> Notification:
-    row = await queries.mark_read(conn, notification_id)
-    if row is None:
+async def mark_read(notification_id: UUID, conn: UserConn) -> Response:
+    text = await queries.mark_read(conn, notification_id)
+    if text is None:
         raise _not_found(notification_id)
-    return Notification(**dict(row))
+    return pg_json(text)
 
 
 @router.delete("/{notification_id}", status_code=204, response_class=Response, responses=responses(401, 404, 422))

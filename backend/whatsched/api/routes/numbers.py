@@ -14,6 +14,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Response
 
+from whatsched.api.common import pg_json
 from whatsched.api.deps import UserConn
 from whatsched.api.errors import ApiError, responses
 from whatsched.whatsapp import numbers
@@ -28,26 +29,19 @@ from whatsched.whatsapp.models import (
 
 router = APIRouter(prefix="/api/whatsapp/numbers", tags=["whatsapp numbers"])
 
-JSON = "application/json"
-
-
-def _json(text: str, status: int = 200) -> Response:
-    # Already serialised by Postgres: no model re-validation on the way out.
-    return Response(content=text.encode(), status_code=status, media_type=JSON)
-
 
 @router.get("", response_model=list[WhatsAppNumber], responses=responses(401, 422))
 async def list_numbers(conn: UserConn) -> Response:
     """The numbers you may send from (shared, assigned to you, your own); admins see all. The
     default number comes first."""
-    return _json(await numbers.list_numbers(conn))
+    return pg_json(await numbers.list_numbers(conn))
 
 
 @router.post("", response_model=WhatsAppNumber, status_code=201, responses=responses(400, 401, 403, 422))
 async def add_number(body: NumberCreate, conn: UserConn) -> Response:
     """A new number, `stopped` until started. Admins only, unless SELF_SERVICE_NUMBERS is on: then
     a user's number is theirs alone (not shared, seen by them and admins). 403 forbidden otherwise."""
-    return _json(await numbers.add_number(conn, body.label, body.shared), 201)
+    return pg_json(await numbers.add_number(conn, body.label, body.shared), 201)
 
 
 @router.get("/{number_id}", response_model=WhatsAppNumber, responses=responses(401, 404, 422))
@@ -55,13 +49,13 @@ async def get_number(number_id: UUID, conn: UserConn) -> Response:
     text = await numbers.number_json(conn, str(number_id))
     if text is None:
         raise ApiError(404, "number_not_found", f"WhatsApp number {number_id} was not found.")
-    return _json(text)
+    return pg_json(text)
 
 
 @router.patch("/{number_id}", response_model=WhatsAppNumber, responses=responses(400, 401, 403, 404, 422))
 async def update_number(number_id: UUID, body: NumberUpdate, conn: UserConn) -> Response:
     """Partial update of label and shared (only an admin shares a number)."""
-    return _json(await numbers.update_number(conn, str(number_id), body.label, body.shared))
+    return pg_json(await numbers.update_number(conn, str(number_id), body.label, body.shared))
 
 
 @router.delete("/{number_id}", status_code=204, response_class=Response, responses=responses(401, 403, 404, 409, 422))
@@ -98,7 +92,7 @@ async def number_qr(number_id: UUID, conn: UserConn) -> Response:
     of a self-service number."""
     qr, status = await numbers.qr_code(conn, str(number_id))
     answer = NumberQr.model_validate({"number_id": str(number_id), "status": status, "qr_code": qr})
-    return _json(answer.model_dump_json())
+    return pg_json(answer.model_dump_json())
 
 
 @router.post("/{number_id}/resume", response_model=WhatsAppNumber, responses=responses(401, 403, 404, 409, 422))
@@ -106,7 +100,7 @@ async def resume_number(number_id: UUID, conn: UserConn) -> Response:
     """Resumes a number its health paused (admins; the owner of a self-service number): its status
     returns to what the bridge last said, its health score starts again from zero, and for
     HEALTH_RAMP_HOURS it sends at a lower pace. 409 number_not_paused when it is not paused."""
-    return _json(await numbers.resume(conn, str(number_id)))
+    return pg_json(await numbers.resume(conn, str(number_id)))
 
 
 @router.post(
@@ -115,4 +109,4 @@ async def resume_number(number_id: UUID, conn: UserConn) -> Response:
 async def act_on_number(number_id: UUID, action: NumberAction, conn: UserConn) -> Response:
     """Queues start, stop, restart or logout for the number's bridge (a worker runs it; the
     number's status follows as the bridge reports it). 202 with the command."""
-    return _json(await numbers.request_action(conn, str(number_id), action), 202)
+    return pg_json(await numbers.request_action(conn, str(number_id), action), 202)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
-from whatsched.api.common import Page
-from whatsched.api.deps import PagingDep, UserConn
+from whatsched.api.common import Page, pg_json
+from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, caller_tx
 from whatsched.api.errors import responses
 from whatsched.models import UtcDateTime
 from whatsched.replies import queries
@@ -40,8 +40,10 @@ async def list_replies(
     contact_id: UUID | None = Query(None, description="only replies from this contact"),
     message_id: UUID | None = Query(None, description="only replies to this message"),
     paging: PagingDep,
-    conn: UserConn,
-) -> Page[Reply]:
-    rows, total = await queries.replies_page(conn, contact_id, message_id, paging.page_size, paging.offset)
-    items = [Reply(**{k: v for k, v in row.items() if k != "total"}) for row in rows]
-    return Page[Reply](items=items, total=total, page=paging.page, page_size=paging.page_size)
+    who: CallerDep,
+    res: ResourcesDep,
+) -> Response:
+    # Newest first. The JSON is built by Postgres (whatsched.replies.queries); Reply documents it.
+    async with caller_tx(res, who) as conn:
+        text = await queries.replies_page(conn, contact_id, message_id, paging.page, paging.page_size)
+    return pg_json(text)
