@@ -37,6 +37,7 @@ MESSAGE_KEYS = {
     "created_by",
     "recurrence",
     "number_id",  # the WhatsApp number chosen for it (null: the owner's default)
+    "media_id",  # its attachment (null: a text message)
 }
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 BRIDGE_DIR = Path(__file__).resolve().parent.parent / "bridge"

@@ -12,6 +12,7 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,55 @@ async def new_message_with(admin: asyncpg.Connection, who: Any, media_id: str) -
     message = await new_message(admin, uuid.UUID(who.id), numbers(2, 809), "Mira")
     await admin.execute("update public.messages set media_id = $2::uuid where id = $1", message, media_id)
     return message
+
+
+async def test_a_message_carries_a_file_through_the_api(
+    admin: asyncpg.Connection, client: httpx.AsyncClient, res: Resources, make_user: Any
+) -> None:
+    ana, bruno = await make_user(), await make_user()
+    flyer = (await upload(client, ana, "flyer.jpg", jpeg())).json()
+    theirs = (await upload(client, bruno, "theirs.jpg", jpeg())).json()
+    group = await reachable_group(admin, ana.id)
+    resp = await client.post(
+        "/api/messages", json={"content": "", "media_id": flyer["id"], "group_ids": [group]}, headers=ana.headers
+    )
+    assert resp.status_code == 201, resp.text
+    message = resp.json()
+    assert (message["media_id"], message["content"]) == (flyer["id"], "")
+    preview = (await client.get(f"/api/messages/{message['id']}/preview", headers=ana.headers)).json()
+    assert preview["media"] == {
+        "id": flyer["id"],
+        "kind": "image",
+        "mime_type": "image/jpeg",
+        "original_name": "flyer.jpg",
+        "size_bytes": flyer["size_bytes"],
+        "state": "ready",
+        "url": f"/api/media/{flyer['id']}/content",
+    }
+    # Someone else's file is not found, on both paths; without its file the message needs a text.
+    other = await client.put(f"/api/messages/{message['id']}", json={"media_id": theirs["id"]}, headers=ana.headers)
+    assert api_error(other, 404) == "related_not_found" and other.json()["errors"][0]["field"] == "media_id"
+    assert (
+        await direct_error(
+            res, ana, "update public.messages set media_id = $2::uuid where id = $1::uuid", message["id"], theirs["id"]
+        )
+        == "related_not_found"
+    )
+    bare = await client.put(f"/api/messages/{message['id']}", json={"media_id": None}, headers=ana.headers)
+    assert api_error(bare, 422) == "content_empty"
+    resp = await client.post(
+        f"/api/messages/{message['id']}/schedule",
+        json={"scheduled_for": (datetime.now(UTC) + timedelta(days=2)).isoformat()},
+        headers=ana.headers,
+    )
+    assert resp.status_code == 200 and resp.json()["status"] == "scheduled", resp.text
+    await client.post(f"/api/messages/{message['id']}/cancel", headers=ana.headers)
+    # A text message's preview has no attachment.
+    text = (
+        await client.post("/api/messages", json={"content": "Hola", "group_ids": [group]}, headers=ana.headers)
+    ).json()
+    assert text["media_id"] is None
+    assert (await client.get(f"/api/messages/{text['id']}/preview", headers=ana.headers)).json()["media"] is None
 
 
 # -----------------------------------------------------------------------------------------------

@@ -63,7 +63,13 @@ LITERALS = {"action": "restart"}
 # number), as long as the refusal says nothing of the other user's id.
 ADMIN_ONLY = {"/api/whatsapp/numbers/{number_id}/users/{user_id}"}
 # Body fields that link to other resources.
-LINK_KINDS = {"group_ids": "group", "contact_ids": "contact", "number_id": "number", "delivery_id": "delivery"}
+LINK_KINDS = {
+    "group_ids": "group",
+    "contact_ids": "contact",
+    "number_id": "number",
+    "delivery_id": "delivery",
+    "media_id": "media",
+}
 
 
 def phone() -> str:

@@ -29,7 +29,10 @@ def validate_cron(value: str | None) -> str | None:
 
 class MessageWrite(BaseModel):
     # Raw content may be longer than 4096: the database cleans it, then counts (private.clean_content).
-    content: str = Field(max_length=20_000, description="Plain text, at most 4096 characters after cleaning")
+    content: str = Field(
+        max_length=20_000,
+        description="Plain text, at most 4096 characters after cleaning; with media_id the caption, may be empty",
+    )
     group_ids: list[UUID] = Field(default_factory=list, max_length=100)
     scheduled_for: datetime | None = Field(
         default=None, description="ISO 8601; a time without offset is read in your profile's timezone"
@@ -39,6 +42,10 @@ class MessageWrite(BaseModel):
         default=None,
         description="The WhatsApp number it leaves from (one you may use: GET /api/whatsapp/numbers); "
         "null: your default number, else the deployment's",
+    )
+    media_id: UUID | None = Field(
+        default=None,
+        description="An attachment (POST /api/media): your own file, ready when the message is scheduled",
     )
 
     @field_validator("recurrence")
@@ -94,6 +101,9 @@ class Message(BaseModel):
     created_by: str
     recurrence: str | None
     number_id: str | None = Field(description="The WhatsApp number chosen for it; null: the owner's default")
+    media_id: str | None = Field(
+        default=None, description="Its attachment (GET /api/media/{id}); content is its caption"
+    )
 
 
 class MessagePage(BaseModel):
@@ -127,9 +137,20 @@ class SpamVerdict(BaseModel):
     rules: list[str]
 
 
+class PreviewMedia(BaseModel):
+    id: str
+    kind: Literal["image", "video", "audio", "document"] | None
+    mime_type: str | None
+    original_name: str
+    size_bytes: int | None
+    state: Literal["pending", "ready", "rejected"]
+    url: str
+
+
 class Preview(BaseModel):
     message_id: str
     content: str
+    media: PreviewMedia | None = Field(default=None, description="The attachment each recipient receives, if any")
     recipients: list[PreviewRecipient] = Field(description="Up to 10, as each will receive the message")
     recipient_count: int = Field(description="Distinct reachable phones across the message's groups")
     excluded: Excluded

@@ -38,7 +38,8 @@ MESSAGE_JSON = f"""json_build_object(
   'failed_count', m.failed_count,
   'created_by', m.created_by,
   'recurrence', m.recurrence,
-  'number_id', m.number_id
+  'number_id', m.number_id,
+  'media_id', m.media_id
 )"""
 
 # What MESSAGE_JSON reads besides `m`: its cached audience and its groups as one JSON array ('[]' when none).
@@ -169,15 +170,18 @@ async def insert_message(
     scheduled_for: datetime | None,
     recurrence: str | None,
     number_id: str | None = None,
+    media_id: str | None = None,
 ) -> str:
-    """The new draft's id. A number_id the user may not use is refused (WS430 number_not_allowed)."""
+    """The new draft's id. A number_id the user may not use is refused (WS430 number_not_allowed),
+    a media_id not theirs too (WS404 related_not_found)."""
     message_id = await conn.fetchval(
-        "insert into public.messages (content, scheduled_for, recurrence, number_id)"
-        " values ($1, $2, $3, $4::uuid) returning id",
+        "insert into public.messages (content, scheduled_for, recurrence, number_id, media_id)"
+        " values ($1, $2, $3, $4::uuid, $5::uuid) returning id",
         content,
         scheduled_for,
         recurrence,
         number_id,
+        media_id,
     )
     return str(message_id)
 
@@ -206,7 +210,7 @@ async def set_groups(conn: asyncpg.Connection, message_id: str, group_ids: list[
 
 
 async def update_message(conn: asyncpg.Connection, message_id: str, changes: dict[str, Any]) -> bool:
-    """Apply content/scheduled_for/recurrence/number_id changes (the triggers refuse non-editable
+    """Apply content/scheduled_for/recurrence/number_id/media_id changes (the triggers refuse non-editable
     messages, and a number the user may not use).
     Without changes, only locks the row. False when the message is not visible."""
     if not changes:
@@ -355,3 +359,15 @@ def with_warnings(message_text: str, warnings: list[str]) -> str:
     body = json.loads(message_text)
     body["warnings"] = warnings
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+async def preview_media(conn: asyncpg.Connection, message_id: str) -> dict[str, Any] | None:
+    """The message's attachment as the preview shows it (None: a text message)."""
+    text: str | None = await conn.fetchval(
+        """select json_build_object('id', f.id, 'kind', f.kind, 'mime_type', f.mime_type,
+                                    'original_name', f.original_name, 'size_bytes', f.size_bytes,
+                                    'state', f.state, 'url', '/api/media/' || f.id || '/content')::text
+           from public.messages m join public.media f on f.id = m.media_id where m.id = $1::uuid""",
+        message_id,
+    )
+    return json.loads(text) if text is not None else None

@@ -180,7 +180,8 @@ export interface paths {
          * Create Message
          * @description A new draft. Unknown (or someone else's) group ids answer 404 related_not_found. The
          *     database cleans the content and checks the send time (20261129000400_content_rules), and
-         *     refuses a number_id you may not use (422 number_not_allowed).
+         *     refuses a number_id you may not use (422 number_not_allowed). With `media_id` (one of your files,
+         *     POST /api/media) the content is the attachment's caption and may be empty.
          */
         post: operations["create_message_api_messages_post"];
         delete?: never;
@@ -223,7 +224,8 @@ export interface paths {
         get: operations["get_message_api_messages__message_id__get"];
         /**
          * Update Message
-         * @description Partial update of content, group_ids, scheduled_for, recurrence and number_id. Only draft,
+         * @description Partial update of content, group_ids, scheduled_for, recurrence, number_id and media_id (null
+         *     detaches the file; the message then needs a text). Only draft,
          *     scheduled and paused messages can be edited (409 not_editable otherwise); number_id must be a
          *     WhatsApp number you may use (422 number_not_allowed).
          */
@@ -1647,12 +1649,17 @@ export interface components {
              * @description The WhatsApp number chosen for it; null: the owner's default
              */
             number_id: string | null;
+            /**
+             * Media Id
+             * @description Its attachment (GET /api/media/{id}); content is its caption
+             */
+            media_id?: string | null;
         };
         /** MessageCreate */
         MessageCreate: {
             /**
              * Content
-             * @description Plain text, at most 4096 characters after cleaning
+             * @description Plain text, at most 4096 characters after cleaning; with media_id the caption, may be empty
              */
             content: string;
             /** Group Ids */
@@ -1672,6 +1679,11 @@ export interface components {
              * @description The WhatsApp number it leaves from (one you may use: GET /api/whatsapp/numbers); null: your default number, else the deployment's
              */
             number_id?: string | null;
+            /**
+             * Media Id
+             * @description An attachment (POST /api/media): your own file, ready when the message is scheduled
+             */
+            media_id?: string | null;
         };
         /** MessageGroup */
         MessageGroup: {
@@ -1739,6 +1751,11 @@ export interface components {
              * @description The WhatsApp number it leaves from (one you may use: GET /api/whatsapp/numbers); null: your default number, else the deployment's
              */
             number_id?: string | null;
+            /**
+             * Media Id
+             * @description An attachment (POST /api/media): your own file, ready when the message is scheduled
+             */
+            media_id?: string | null;
         };
         /** MessagesAnalytics */
         MessagesAnalytics: {
@@ -1950,6 +1967,8 @@ export interface components {
             message_id: string;
             /** Content */
             content: string;
+            /** @description The attachment each recipient receives, if any */
+            media?: components["schemas"]["PreviewMedia"] | null;
             /**
              * Recipients
              * @description Up to 10, as each will receive the message
@@ -1962,6 +1981,26 @@ export interface components {
             recipient_count: number;
             excluded: components["schemas"]["Excluded"];
             spam: components["schemas"]["SpamVerdict"];
+        };
+        /** PreviewMedia */
+        PreviewMedia: {
+            /** Id */
+            id: string;
+            /** Kind */
+            kind: ("image" | "video" | "audio" | "document") | null;
+            /** Mime Type */
+            mime_type: string | null;
+            /** Original Name */
+            original_name: string;
+            /** Size Bytes */
+            size_bytes: number | null;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "pending" | "ready" | "rejected";
+            /** Url */
+            url: string;
         };
         /** PreviewRecipient */
         PreviewRecipient: {
@@ -2090,6 +2129,11 @@ export interface components {
              * @description The WhatsApp number chosen for it; null: the owner's default
              */
             number_id: string | null;
+            /**
+             * Media Id
+             * @description Its attachment (GET /api/media/{id}); content is its caption
+             */
+            media_id?: string | null;
             /**
              * Warnings
              * @description Scheduled anyway; whatsapp_disconnected also creates a notification
@@ -5933,10 +5977,7 @@ export interface operations {
         requestBody: {
             content: {
                 "multipart/form-data": {
-                    /**
-                     * Format: binary
-                     * @description The file (one).
-                     */
+                    /** @description The file (one). */
                     file: string;
                 };
             };

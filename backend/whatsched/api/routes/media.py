@@ -40,7 +40,11 @@ bridge_router = APIRouter(prefix="/api/bridge/media", tags=["bridge"], include_i
 UPLOAD_SCHEMA = {
     "type": "object",
     "required": ["file"],
-    "properties": {"file": {"type": "string", "format": "binary", "description": "The file (one)."}},
+    # OpenAPI 3.1's way to say "any bytes" (format: binary is 3.0's).
+    "properties": {
+        "file": {"type": "string", "contentMediaType": "application/octet-stream", "description": "The file (one)."}
+    },
+    "additionalProperties": False,
 }
 
 
@@ -103,6 +107,14 @@ async def upload_media(request: Request, who: CallerDep, res: ResourcesDep) -> R
                     request.stream(),
                     largest,
                     sink,
+                )
+            if form.fields:
+                unexpected = sorted(form.fields)[0]
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    "Send only the file, in a form field named 'file'.",
+                    [{"field": unexpected, "message": "not a field of this form"}],
                 )
             name = form.filename or "file"
             facts = await asyncio.to_thread(inspect, scratch, name, settings.media_keep_metadata)

@@ -125,10 +125,12 @@ async def list_messages(
 async def create_message(body: MessageCreate, conn: UserConn) -> Response:
     """A new draft. Unknown (or someone else's) group ids answer 404 related_not_found. The
     database cleans the content and checks the send time (20261129000400_content_rules), and
-    refuses a number_id you may not use (422 number_not_allowed)."""
+    refuses a number_id you may not use (422 number_not_allowed). With `media_id` (one of your files,
+    POST /api/media) the content is the attachment's caption and may be empty."""
     (at,) = await queries.localize(conn, body.scheduled_for)
     number_id = str(body.number_id) if body.number_id else None
-    message_id = await queries.insert_message(conn, body.content, at, body.recurrence, number_id)
+    media_id = str(body.media_id) if body.media_id else None
+    message_id = await queries.insert_message(conn, body.content, at, body.recurrence, number_id, media_id)
     await _link_groups(conn, message_id, body.group_ids, replace=False)
     return pg_json(await _message_or_404(conn, message_id), 201)
 
@@ -173,7 +175,8 @@ async def update_message(
     body: MessageUpdate,
     conn: UserConn,
 ) -> Response:
-    """Partial update of content, group_ids, scheduled_for, recurrence and number_id. Only draft,
+    """Partial update of content, group_ids, scheduled_for, recurrence, number_id and media_id (null
+    detaches the file; the message then needs a text). Only draft,
     scheduled and paused messages can be edited (409 not_editable otherwise); number_id must be a
     WhatsApp number you may use (422 number_not_allowed)."""
     mid = str(message_id)
@@ -188,6 +191,8 @@ async def update_message(
         changes["recurrence"] = body.recurrence
     if "number_id" in sent:
         changes["number_id"] = str(body.number_id) if body.number_id else None
+    if "media_id" in sent:
+        changes["media_id"] = str(body.media_id) if body.media_id else None
     if not await queries.update_message(conn, mid, changes):
         raise _not_found(mid)
     if "group_ids" in sent and await _link_groups(conn, mid, body.group_ids, replace=True) and not changes:
@@ -306,6 +311,7 @@ async def preview_message(
     body = {
         "message_id": mid,
         "content": content,
+        "media": await queries.preview_media(conn, mid),
         "recipients": sample,
         "recipient_count": numbers["recipient_count"],
         "excluded": {
