@@ -22,7 +22,6 @@ import asyncio
 import os
 import random
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -32,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -41,10 +39,8 @@ import psutil
 
 from whatsched.auth.keys import local_signing_key
 from whatsched.auth.local import LocalProvider
-from whatsched.config import Settings
-from whatsched.db.embedded import EmbeddedPostgres, free_port
+from whatsched.db.embedded import free_port
 from whatsched.db.pool import create_pool, user_tx
-from whatsched.db.setup import prepare
 from whatsched.messages import queries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -87,11 +83,6 @@ SEED = [
        insert into public.message_groups (message_id, group_id, created_by)
        select m.id, g.id, $1 from m join g on g.n = m.i % 50 or (m.i % 3 = 0 and g.n = (m.i + 7) % 50)""",
 ]
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -169,33 +160,10 @@ class Read:
     cpu: list[tuple[float, float]] = field(default_factory=list)
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--duration", type=float, default=3.0, help="seconds of each API or floor run")
-    ap.add_argument("--concurrency", type=int, default=50, help="clients for the throughput ratio")
-    ap.add_argument("--light", type=int, default=4, help="clients for the p99 ratio")
-    ap.add_argument("--workers", type=int, default=1, help="API processes (the floor's pool grows to match)")
-    ap.add_argument("--messages", type=int, default=10_000)
-    ap.add_argument("--contacts", type=int, default=50_000)
-    args = ap.parse_args()
-
-    tmp = tempfile.TemporaryDirectory(prefix="whatsched-bench-")
-    data_dir = Path(tmp.name)
-    embedded = None
-    server = os.environ.get("DATABASE_URL")
-    if not server:
-        embedded = EmbeddedPostgres(data_dir / "postgres", free_port())
-        embedded.start()
-        server = embedded.url
-    name = "whatsched_bench_" + secrets.token_hex(4)
-    conn = await asyncpg.connect(server)
-    await conn.execute(f'create database "{name}"')
-    await conn.close()
-    db_url = with_database(server, name)
+async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Path) -> None:
+    prepared, db_url = db.prepared, db.url
     api: asyncio.subprocess.Process | None = None
     try:
-        prepared = await prepare(Settings(_env_file=None, database_url=db_url, data_dir=data_dir))  # type: ignore[call-arg]
         port = free_port()
         public_url = f"http://127.0.0.1:{port}"
         key = local_signing_key(data_dir, None)
@@ -420,11 +388,25 @@ async def main() -> None:
         if api is not None:
             api.terminate()
             await asyncio.wait_for(api.wait(), 15)
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-        await conn.close()
-        if embedded is not None:
-            embedded.remove()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds of each API or floor run")
+    ap.add_argument("--concurrency", type=int, default=50, help="clients for the throughput ratio")
+    ap.add_argument("--light", type=int, default=4, help="clients for the p99 ratio")
+    ap.add_argument("--workers", type=int, default=1, help="API processes (the floor's pool grows to match)")
+    ap.add_argument("--messages", type=int, default=10_000)
+    ap.add_argument("--contacts", type=int, default=50_000)
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory(prefix="whatsched-bench-")
+    data_dir = Path(tmp.name)
+    try:
+        async with benchlib.throwaway_database(data_dir, data_dir) as db:
+            await measure(args, db, data_dir)
+    finally:
         tmp.cleanup()
 
 

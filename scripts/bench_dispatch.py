@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -29,7 +27,6 @@ import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -40,20 +37,6 @@ from tests.bridge_process import BridgeProcess, WorkerProcess  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
 import benchlib  # noqa: E402
-
-from whatsched.config import Settings  # noqa: E402
-from whatsched.db.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from whatsched.db.setup import prepare  # noqa: E402
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def nearest_rank(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
 async def make_campaign(conn: asyncpg.Connection, messages: int, recipients: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
@@ -185,11 +168,58 @@ async def run_once(
         "duplicates": float(duplicates),
         "seconds": span,
         "rate": len(outbox) / span,
-        "lag_p50": nearest_rank(lags, 50),
-        "lag_p99": nearest_rank(lags, 99),
+        "lag_p50": benchlib.nearest_rank(lags, 50),
+        "lag_p99": benchlib.nearest_rank(lags, 99),
         "lag_max": max(lags),
         "fanned_out": fanned_out,
     }
+
+
+async def report(
+    args: argparse.Namespace, db: benchlib.Throwaway, bridge: BridgeProcess, tmp: Path, env: dict[str, str]
+) -> int:
+    admin = await asyncpg.connect(db.prepared.admin_url)
+    print(
+        f"{args.messages} messages x {args.recipients} recipients, simulator latency 0 ms, spacing 0,"
+        f" no caps, no quiet hours; {os.cpu_count()} CPUs; database "
+        f"{'embedded' if db.embedded else 'DATABASE_URL'} ({await admin.fetchval('show server_version')})"
+    )
+    failures = 0
+    for workers in args.workers:
+        await bridge._call("DELETE", "/simulator/outbox")
+        r = await run_once(
+            admin,
+            db.prepared.admin_url,
+            db.prepared.app_url,
+            bridge,
+            workers,
+            args.messages,
+            args.recipients,
+            args.lead,
+            tmp / "logs",
+            env,
+        )
+        ok = r["deliveries"] == r["expected"] == r["delivered_count"] and r["duplicates"] == 0
+        failures += not ok
+        print(
+            f"{workers} worker(s): {int(r['deliveries'])}/{int(r['expected'])} sent in {r['seconds']:.2f} s"
+            f" -> {r['rate']:.0f} deliveries/s; lag to first send p50 {r['lag_p50'] * 1000:.0f} ms,"
+            f" p99 {r['lag_p99'] * 1000:.0f} ms (max {r['lag_max'] * 1000:.0f} ms);"
+            f" duplicates in outbox: {int(r['duplicates'])}; fan-out done at {r['fanned_out']:+.2f} s"
+            + ("" if ok else "  <-- MISMATCH")
+        )
+        label = f"{workers} worker{'s' if workers > 1 else ''}"
+        benchlib.record("dispatch", f"deliveries/s, {label}", r["rate"], "/s", ">= 500")
+        benchlib.record("dispatch", f"lag scheduled_for -> first send p99, {label}", r["lag_p99"] * 1000,
+                        "ms", "< 1000")  # fmt: skip
+        benchlib.record("dispatch", f"duplicates in outbox, {label}", r["duplicates"], "", "0")
+    if args.keep_logs:
+        keep = Path(tempfile.mkdtemp(prefix="whatsched-bench-logs-"))
+        for log in (tmp / "logs").glob("*.log"):
+            (keep / log.name).write_bytes(log.read_bytes())
+        print(f"worker logs kept in {keep}")
+    await admin.close()
+    return 1 if failures else 0
 
 
 async def main() -> int:
@@ -204,69 +234,13 @@ async def main() -> int:
     env = {k: v for k, v in os.environ.items() if k.startswith("DISPATCH_")}
     with tempfile.TemporaryDirectory(prefix="whatsched-bench-") as folder:
         tmp = Path(folder)
-        embedded: EmbeddedPostgres | None = None
-        server = os.environ.get("DATABASE_URL")
-        if not server:
-            embedded = EmbeddedPostgres(tmp / "postgres", free_port())
-            embedded.start()
-            server = embedded.url
-        name = "whatsched_bench_" + secrets.token_hex(4)
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'create database "{name}"')
-        await conn.close()
-        bridge = BridgeProcess(tmp / "bridge", latency_ms=0)
-        try:
-            prepared = await prepare(Settings(database_url=_with_database(server, name), _env_file=None))  # type: ignore[call-arg]
-            bridge.start()
-            admin = await asyncpg.connect(prepared.admin_url)
-            print(
-                f"{args.messages} messages x {args.recipients} recipients, simulator latency 0 ms, spacing 0,"
-                f" no caps, no quiet hours; {os.cpu_count()} CPUs; database "
-                f"{'embedded' if embedded else 'DATABASE_URL'} ({await admin.fetchval('show server_version')})"
-            )
-            failures = 0
-            for workers in args.workers:
-                await bridge._call("DELETE", "/simulator/outbox")
-                r = await run_once(
-                    admin,
-                    prepared.admin_url,
-                    prepared.app_url,
-                    bridge,
-                    workers,
-                    args.messages,
-                    args.recipients,
-                    args.lead,
-                    tmp / "logs",
-                    env,
-                )
-                ok = r["deliveries"] == r["expected"] == r["delivered_count"] and r["duplicates"] == 0
-                failures += not ok
-                print(
-                    f"{workers} worker(s): {int(r['deliveries'])}/{int(r['expected'])} sent in {r['seconds']:.2f} s"
-                    f" -> {r['rate']:.0f} deliveries/s; lag to first send p50 {r['lag_p50'] * 1000:.0f} ms,"
-                    f" p99 {r['lag_p99'] * 1000:.0f} ms (max {r['lag_max'] * 1000:.0f} ms);"
-                    f" duplicates in outbox: {int(r['duplicates'])}; fan-out done at {r['fanned_out']:+.2f} s"
-                    + ("" if ok else "  <-- MISMATCH")
-                )
-                label = f"{workers} worker{'s' if workers > 1 else ''}"
-                benchlib.record("dispatch", f"deliveries/s, {label}", r["rate"], "/s", ">= 500")
-                benchlib.record("dispatch", f"lag scheduled_for -> first send p99, {label}", r["lag_p99"] * 1000,
-                                "ms", "< 1000")  # fmt: skip
-                benchlib.record("dispatch", f"duplicates in outbox, {label}", r["duplicates"], "", "0")
-            if args.keep_logs:
-                keep = Path(tempfile.mkdtemp(prefix="whatsched-bench-logs-"))
-                for log in (tmp / "logs").glob("*.log"):
-                    (keep / log.name).write_bytes(log.read_bytes())
-                print(f"worker logs kept in {keep}")
-            await admin.close()
-            return 1 if failures else 0
-        finally:
-            bridge.stop()
-            conn = await asyncpg.connect(server)
-            await conn.execute(f'drop database if exists "{name}" with (force)')
-            await conn.close()
-            if embedded is not None:
-                embedded.remove()
+        async with benchlib.throwaway_database(tmp) as db:
+            bridge = BridgeProcess(tmp / "bridge", latency_ms=0)
+            try:
+                bridge.start()
+                return await report(args, db, bridge, tmp, env)
+            finally:
+                bridge.stop()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import asyncio
 import io
 import os
 import random
-import secrets
 import socket
 import statistics
 import subprocess
@@ -49,7 +48,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -57,10 +55,9 @@ import psutil
 
 from whatsched.auth.keys import local_signing_key
 from whatsched.auth.local import LocalProvider
-from whatsched.config import Settings
-from whatsched.db.embedded import EmbeddedPostgres, free_port
+from whatsched.db.embedded import free_port
 from whatsched.db.pool import create_pool
-from whatsched.db.setup import prepare
+from whatsched.db.setup import Prepared
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -69,11 +66,6 @@ import benchlib  # noqa: E402
 FIRST = ["José", "María", "Ana", "Íñigo", "Begoña", "Ñuño", "Sofía", "Matías", "Valentina", "Agustín", "Renée", "Zoë"]
 LAST = ["Muñoz", "González", "Pérez", "Núñez", "Díaz", "Rodríguez", "Peña", "Ibáñez", "O'Higgins", "Sáez"]
 INVALID = ["12345", "hola", "", "+44 20 7946 0958", "9 123", "+56 9", "n/a", "0000"]
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def messy(rng: random.Random, digits: str) -> str:
@@ -232,10 +224,9 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) ->
     raise SystemExit("the API did not start")
 
 
-async def setup(db_url: str, data_dir: Path, public_url: str) -> tuple[str, str, str, str, str, str]:
+async def setup(prepared: Prepared, data_dir: Path, public_url: str) -> tuple[str, str, str, str, str, str]:
     """The app's URL, a token, a group; the admin URL, the importing user and a second user (the
     floor's COPY writes the same rows as that user, so (created_by, phone) stays unique)."""
-    prepared = await prepare(Settings(_env_file=None, database_url=db_url, data_dir=data_dir))  # type: ignore[call-arg]
     key = local_signing_key(data_dir, None)
     pool = await create_pool(prepared.app_url, min_size=1, max_size=2)
     provider = LocalProvider(pool, key, public_url + "/auth/v1", 3600, 30)
@@ -354,58 +345,17 @@ def index_costs(admin_url: str, owner: str, other: str, rounds: int) -> None:
         print(line + "  [" + ", ".join(f"{w:.2f}" for w, _ in times[name]) + "]")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--runs", type=int, default=2, help="the first is a skip import, the next ones update")
-    ap.add_argument("--group", action="store_true", help="also add every contact to a group (group_ids)")
-    ap.add_argument("--distinct-names", action="store_true", help="a name of its own on every row (real books)")
-    ap.add_argument("--index-costs", type=int, default=0, metavar="ROUNDS",
-                    help="after the runs, time the floor's COPY without each index of contacts, in ROUNDS rounds")  # fmt: skip
-    args = ap.parse_args()
-
-    started = time.perf_counter()
-    content, expected = make_csv(args.rows, distinct_names=args.distinct_names)
-    files = [content]
-    files += [
-        make_csv(args.rows, suffix=f" {run}", distinct_names=args.distinct_names)[0] for run in range(2, args.runs + 1)
-    ]
-    print(
-        f"generated {args.rows:,} rows ({len(content) / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
-        flush=True,
-    )
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the runs", flush=True)
-
-    tmp = tempfile.TemporaryDirectory(prefix="whatsched-bench-import-")
-    data_dir = Path(tmp.name)
-    embedded = None
-    server = os.environ.get("DATABASE_URL")
-    if not server:
-        embedded = EmbeddedPostgres(data_dir / "postgres", free_port())
-        embedded.start()
-        server = embedded.url
-    name = "whatsched_bench_" + secrets.token_hex(4)
-
-    async def create_db() -> None:
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'create database "{name}"')
-        await conn.close()
-
-    async def drop_db() -> None:
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-        await conn.close()
-
-    asyncio.run(create_db())
-    db_url = with_database(server, name)
+def measure(
+    args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Path, files: list[bytes], expected: dict[str, int]
+) -> None:
     api: subprocess.Popen[bytes] | None = None
     try:
         port = free_port()
         public_url = f"http://127.0.0.1:{port}"
-        app_url, token, group, admin_url, owner, other = asyncio.run(setup(db_url, data_dir, public_url))
+        app_url, token, group, admin_url, owner, other = asyncio.run(setup(db.prepared, data_dir, public_url))
         env = {
             **os.environ,
-            "DATABASE_URL": db_url,
+            "DATABASE_URL": db.url,
             "APP_DATABASE_URL": app_url,
             "DATA_DIR": str(data_dir),
             "PUBLIC_URL": public_url,
@@ -508,9 +458,36 @@ def main() -> None:
                 api.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 api.kill()
-        asyncio.run(drop_db())
-        if embedded is not None:
-            embedded.remove()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=2, help="the first is a skip import, the next ones update")
+    ap.add_argument("--group", action="store_true", help="also add every contact to a group (group_ids)")
+    ap.add_argument("--distinct-names", action="store_true", help="a name of its own on every row (real books)")
+    ap.add_argument("--index-costs", type=int, default=0, metavar="ROUNDS",
+                    help="after the runs, time the floor's COPY without each index of contacts, in ROUNDS rounds")  # fmt: skip
+    args = ap.parse_args()
+
+    started = time.perf_counter()
+    content, expected = make_csv(args.rows, distinct_names=args.distinct_names)
+    files = [content]
+    files += [
+        make_csv(args.rows, suffix=f" {run}", distinct_names=args.distinct_names)[0] for run in range(2, args.runs + 1)
+    ]
+    print(
+        f"generated {args.rows:,} rows ({len(content) / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before the runs", flush=True)
+
+    tmp = tempfile.TemporaryDirectory(prefix="whatsched-bench-import-")
+    data_dir = Path(tmp.name)
+    try:
+        with benchlib.throwaway_database_sync(data_dir, data_dir) as db:
+            measure(args, db, data_dir, files, expected)
+    finally:
         tmp.cleanup()
 
 

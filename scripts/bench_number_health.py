@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -37,14 +35,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import benchlib  # noqa: E402
 
 from whatsched.config import Settings  # noqa: E402
-from whatsched.db.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from whatsched.db.setup import prepare  # noqa: E402
 from whatsched.rules import publish_settings  # noqa: E402
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 async def service(admin: asyncpg.Connection, sql: str, *args: object) -> object:
@@ -126,20 +117,8 @@ async def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="whatsched-bench-") as folder:
         tmp = Path(folder)
-        embedded: EmbeddedPostgres | None = None
-        server = os.environ.get("DATABASE_URL")
-        if not server:
-            embedded = EmbeddedPostgres(tmp / "postgres", free_port())
-            embedded.start()
-            server = embedded.url
-        name = "whatsched_bench_" + secrets.token_hex(4)
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'create database "{name}"')
-        await conn.close()
-        try:
-            settings = Settings(database_url=_with_database(server, name), _env_file=None)  # type: ignore[call-arg]
-            prepared = await prepare(settings)
-            admin = await asyncpg.connect(prepared.admin_url)
+        async with benchlib.throwaway_database(tmp) as db:
+            admin = await asyncpg.connect(db.prepared.admin_url)
             await publish_settings(admin, Settings())  # HEALTH_* from the environment (or .env), else the defaults
             cfg = await admin.fetchrow(
                 "select health_half_life_minutes, health_pause_score, health_weight_restricted from private.settings"
@@ -152,7 +131,7 @@ async def main() -> int:
             worst = 0
             for round_no in range(1, args.rounds + 1):
                 tried, after_first, seconds = await one_round(
-                    admin, prepared.admin_url, prepared.app_url, tmp, round_no, args.recipients, args.spacing
+                    admin, db.prepared.admin_url, db.prepared.app_url, tmp, round_no, args.recipients, args.spacing
                 )
                 worst = max(worst, after_first)
                 print(
@@ -163,12 +142,6 @@ async def main() -> int:
             benchlib.record("health", "sends to new recipients after the first 463, worst round", worst, "", "<= 5")
             await admin.close()
             return 0 if worst <= 5 else 1
-        finally:
-            conn = await asyncpg.connect(server)
-            await conn.execute(f'drop database if exists "{name}" with (force)')
-            await conn.close()
-            if embedded is not None:
-                embedded.remove()
 
 
 if __name__ == "__main__":

@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
-import secrets
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import psutil
@@ -47,19 +45,12 @@ import benchlib  # noqa: E402
 from whatsched.auth.keys import local_signing_key  # noqa: E402
 from whatsched.auth.tokens import issue_access_token  # noqa: E402
 from whatsched.config import Settings  # noqa: E402
-from whatsched.db.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from whatsched.db.setup import prepare  # noqa: E402
 
 
 def raise_open_files_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -250,9 +241,11 @@ class ClientProcesses:
         return arrivals  # type: ignore[return-value]
 
     def kill(self) -> None:
+        """Stops what is left of the client processes and removes their folder (called last)."""
         for proc in self.procs:
             if proc.returncode is None:
                 proc.kill()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def latencies(self, arrivals: list[tuple[str, int, float]]) -> tuple[list[float], list[float]]:
         """Per event: arrival minus the time right after the commit returned, and minus the time
@@ -298,112 +291,101 @@ async def drive(
     return sum(sent.values())
 
 
+async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Path) -> None:
+    prepared = db.prepared
+    api: ApiProcess | None = None
+    try:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            database_url=prepared.admin_url,
+            app_database_url=prepared.app_url,
+            data_dir=data_dir,
+            bridge_url="http://127.0.0.1:9",
+        )
+        started = time.perf_counter()
+        users = await seed(prepared.admin_url, settings, args.sockets, args.deliveries)
+        print(
+            f"seeded {len(users)} users, messages and {len(users) * args.deliveries} deliveries "
+            f"in {time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+
+        api = ApiProcess(settings, via_cli=True)  # `whatsched api`, exactly as users run it
+        api.start()
+        await asyncio.to_thread(api.wait_ready)
+        proc = psutil.Process(api.pid)
+        compression = None if args.compression == "none" else "deflate"
+
+        base_url = f"ws://127.0.0.1:{api.port}"
+        warm = Clients(base_url, compression)  # import and allocate everything a socket touches once
+        await warm.open(users[:20])
+        await warm.close()
+        await asyncio.sleep(2)
+        rss_before = proc.memory_info().rss
+        clients = ClientProcesses(base_url, users, args.client_processes, args.compression)
+        try:
+            started = time.perf_counter()
+            negotiated = await clients.open()
+            opened = time.perf_counter() - started
+            await asyncio.sleep(3)
+            rss_after = proc.memory_info().rss
+            per_socket = (rss_after - rss_before) / len(users)
+            print(
+                f"opened and authenticated {len(users)} sockets from {args.client_processes} client processes "
+                f"in {opened:.1f} s",
+                flush=True,
+            )
+            print(
+                f"API RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB with {len(users)} "
+                f"idle sockets -> {per_socket / 1024:.1f} KiB per idle socket (clients offer: {args.compression}; "
+                f"negotiated: {negotiated})",
+                flush=True,
+            )
+            benchlib.record("realtime", f"API memory per idle socket ({len(users)} sockets)", per_socket / 1024,
+                            "KiB", "< 50 KB")  # fmt: skip
+
+            await clients.subscribe()
+            cpu_before = proc.cpu_times()
+            expected = await drive(
+                prepared.admin_url, clients, [m for _, _, m in users], args.rate, args.tick, args.seconds
+            )
+            await asyncio.sleep(2)  # let the last events arrive
+            cpu = proc.cpu_times()
+            arrivals = await clients.stop()
+        finally:
+            clients.kill()
+        after, before = clients.latencies(arrivals)
+        print(
+            f"fan-out: {expected} progress events over {args.seconds:g} s "
+            f"({expected / args.seconds:.0f}/s; {args.rate:g} update/s per message, one commit every "
+            f"{args.tick * 1000:g} ms), {len(after)} received",
+            flush=True,
+        )
+        for label, values in (("after the commit returned", after), ("before the commit was sent", before)):
+            ms = [max(0.0, x) * 1000 for x in values]  # < 0: the event beat the commit's reply to the driver
+            if ms:
+                print(
+                    f"latency from {label}: p50 {statistics.median(ms):.1f} ms, "
+                    f"p95 {percentile(ms, 95):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms",
+                    flush=True,
+                )
+                if label.startswith("after"):
+                    benchlib.record("realtime", "fan-out latency commit -> client p50", statistics.median(ms), "ms")
+                    benchlib.record("realtime", "fan-out latency commit -> client p99", percentile(ms, 99), "ms",
+                                    "< 100")  # fmt: skip
+        busy = (cpu.user + cpu.system) - (cpu_before.user + cpu_before.system)
+        print(f"API process CPU while sending: {busy:.1f} s over {args.seconds:g} s", flush=True)
+    finally:
+        if api is not None:
+            api.stop()
+
+
 async def main(args: argparse.Namespace) -> None:
     raise_open_files_limit(args.sockets * 2 + 1024)
     with tempfile.TemporaryDirectory(prefix="whatsched-bench-") as folder:
         data_dir = Path(folder)
-        embedded: EmbeddedPostgres | None = None
-        server_url = os.environ.get("DATABASE_URL")
-        if not server_url:
-            embedded = EmbeddedPostgres(data_dir / "postgres", free_port())
-            embedded.start()
-            server_url = embedded.url
-        name = "whatsched_bench_" + secrets.token_hex(4)
-        admin = await asyncpg.connect(server_url)
-        await admin.execute(f'create database "{name}"')
-        await admin.close()
-        db_url = with_database(server_url, name)
-        api: ApiProcess | None = None
-        try:
-            prepared = await prepare(Settings(_env_file=None, database_url=db_url, data_dir=data_dir))  # type: ignore[call-arg]
-            settings = Settings(  # type: ignore[call-arg]
-                _env_file=None,
-                database_url=prepared.admin_url,
-                app_database_url=prepared.app_url,
-                data_dir=data_dir,
-                bridge_url="http://127.0.0.1:9",
-            )
-            started = time.perf_counter()
-            users = await seed(prepared.admin_url, settings, args.sockets, args.deliveries)
-            print(
-                f"seeded {len(users)} users, messages and {len(users) * args.deliveries} deliveries "
-                f"in {time.perf_counter() - started:.1f} s",
-                flush=True,
-            )
-
-            api = ApiProcess(settings, via_cli=True)  # `whatsched api`, exactly as users run it
-            api.start()
-            await asyncio.to_thread(api.wait_ready)
-            proc = psutil.Process(api.pid)
-            compression = None if args.compression == "none" else "deflate"
-
-            base_url = f"ws://127.0.0.1:{api.port}"
-            warm = Clients(base_url, compression)  # import and allocate everything a socket touches once
-            await warm.open(users[:20])
-            await warm.close()
-            await asyncio.sleep(2)
-            rss_before = proc.memory_info().rss
-            clients = ClientProcesses(base_url, users, args.client_processes, args.compression)
-            try:
-                started = time.perf_counter()
-                negotiated = await clients.open()
-                opened = time.perf_counter() - started
-                await asyncio.sleep(3)
-                rss_after = proc.memory_info().rss
-                per_socket = (rss_after - rss_before) / len(users)
-                print(
-                    f"opened and authenticated {len(users)} sockets from {args.client_processes} client processes "
-                    f"in {opened:.1f} s",
-                    flush=True,
-                )
-                print(
-                    f"API RSS: {rss_before / 2**20:.1f} MiB before, {rss_after / 2**20:.1f} MiB with {len(users)} "
-                    f"idle sockets -> {per_socket / 1024:.1f} KiB per idle socket (clients offer: {args.compression}; "
-                    f"negotiated: {negotiated})",
-                    flush=True,
-                )
-                benchlib.record("realtime", f"API memory per idle socket ({len(users)} sockets)", per_socket / 1024,
-                                "KiB", "< 50 KB")  # fmt: skip
-
-                await clients.subscribe()
-                cpu_before = proc.cpu_times()
-                expected = await drive(
-                    prepared.admin_url, clients, [m for _, _, m in users], args.rate, args.tick, args.seconds
-                )
-                await asyncio.sleep(2)  # let the last events arrive
-                cpu = proc.cpu_times()
-                arrivals = await clients.stop()
-            finally:
-                clients.kill()
-            after, before = clients.latencies(arrivals)
-            print(
-                f"fan-out: {expected} progress events over {args.seconds:g} s "
-                f"({expected / args.seconds:.0f}/s; {args.rate:g} update/s per message, one commit every "
-                f"{args.tick * 1000:g} ms), {len(after)} received",
-                flush=True,
-            )
-            for label, values in (("after the commit returned", after), ("before the commit was sent", before)):
-                ms = [max(0.0, x) * 1000 for x in values]  # < 0: the event beat the commit's reply to the driver
-                if ms:
-                    print(
-                        f"latency from {label}: p50 {statistics.median(ms):.1f} ms, "
-                        f"p95 {percentile(ms, 95):.1f} ms, p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms",
-                        flush=True,
-                    )
-                    if label.startswith("after"):
-                        benchlib.record("realtime", "fan-out latency commit -> client p50", statistics.median(ms), "ms")
-                        benchlib.record("realtime", "fan-out latency commit -> client p99", percentile(ms, 99), "ms",
-                                        "< 100")  # fmt: skip
-            busy = (cpu.user + cpu.system) - (cpu_before.user + cpu_before.system)
-            print(f"API process CPU while sending: {busy:.1f} s over {args.seconds:g} s", flush=True)
-        finally:
-            if api is not None:
-                api.stop()
-            admin = await asyncpg.connect(server_url)
-            await admin.execute(f'drop database if exists "{name}" with (force)')
-            await admin.close()
-            if embedded is not None:
-                embedded.remove()
+        async with benchlib.throwaway_database(data_dir, data_dir) as db:
+            await measure(args, db, data_dir)
 
 
 if __name__ == "__main__":

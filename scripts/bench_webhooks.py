@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -45,9 +43,7 @@ from tests.bridge_process import WorkerProcess  # noqa: E402
 sys.path.insert(0, str(REPO / "scripts"))
 import benchlib  # noqa: E402
 
-from whatsched.config import Settings  # noqa: E402
-from whatsched.db.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from whatsched.db.setup import prepare  # noqa: E402
+from whatsched.db.embedded import free_port  # noqa: E402
 from whatsched.webhooks.sender import signature  # noqa: E402
 
 CONCURRENCY = 16
@@ -84,11 +80,6 @@ class Receiver:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port).start()
         return runner
-
-
-def nearest_rank(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)] if ordered else float("nan")
 
 
 async def floor_process(receiver: Receiver, body: str, count: int) -> float:
@@ -139,16 +130,11 @@ async def wait_for(probe: object, what: str, within: float = 600) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run(args: argparse.Namespace, server: str, tmp: Path) -> int:
-    name = "whatsched_bench_" + secrets.token_hex(4)
-    conn = await asyncpg.connect(server)
-    await conn.execute(f'create database "{name}"')
-    await conn.close()
+async def run(args: argparse.Namespace, db: benchlib.Throwaway, tmp: Path) -> int:
     receiver = Receiver()
     runner = await receiver.start()
     try:
-        parts = server.rsplit("/", 1)
-        prepared = await prepare(Settings(database_url=f"{parts[0]}/{name}", _env_file=None))  # type: ignore[call-arg]
+        prepared = db.prepared
         admin = await asyncpg.connect(prepared.admin_url)
         await admin.execute("update private.settings set webhook_allow_private = true")
         user = await admin.fetchval(
@@ -162,7 +148,7 @@ async def run(args: argparse.Namespace, server: str, tmp: Path) -> int:
             created = json.loads(await admin.fetchval("select public.create_webhook_endpoint($1)::text", receiver.url))
         receiver.secret = created["secret"]
         print(
-            f"{os.cpu_count()} CPUs; database {'DATABASE_URL' if os.environ.get('DATABASE_URL') else 'embedded'}"
+            f"{os.cpu_count()} CPUs; database {'embedded' if db.embedded else 'DATABASE_URL'}"
             f" ({await admin.fetchval('show server_version')}); receiver on 127.0.0.1 verifying every request;"
             f" WEBHOOK_CONCURRENCY {CONCURRENCY} per worker"
         )
@@ -229,21 +215,18 @@ async def run(args: argparse.Namespace, server: str, tmp: Path) -> int:
             print(
                 f"{label}: {args.events} events -> {rate:.0f} events/s ({rate / floor_rate:.2f} of the floor);"
                 f" at {args.rate:g} events/s for {args.seconds:g} s, commit -> arrival p50"
-                f" {nearest_rank(lags, 50) * 1000:.0f} ms, p99 {nearest_rank(lags, 99) * 1000:.0f} ms;"
+                f" {benchlib.nearest_rank(lags, 50) * 1000:.0f} ms, p99 {benchlib.nearest_rank(lags, 99) * 1000:.0f} ms;"
                 f" duplicates {receiver.duplicates}, forged {receiver.forged}, undelivered {pending}"
                 + ("" if ok else "  <-- MISMATCH")
             )
             benchlib.record("webhooks", f"events/s, {label}", rate, "/s")
             benchlib.record("webhooks", f"events/s ÷ floor, {label}", rate / floor_rate, "")
             benchlib.record("webhooks", f"commit -> arrival p99 at {args.rate:g}/s, {label}",
-                            nearest_rank(lags, 99) * 1000, "ms")  # fmt: skip
+                            benchlib.nearest_rank(lags, 99) * 1000, "ms")  # fmt: skip
         await admin.close()
         return 1 if failures else 0
     finally:
         await runner.cleanup()
-        conn = await asyncpg.connect(server)
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-        await conn.close()
 
 
 async def main() -> int:
@@ -259,17 +242,8 @@ async def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="whatsched-bench-") as folder:
         tmp = Path(folder)
-        embedded: EmbeddedPostgres | None = None
-        server = os.environ.get("DATABASE_URL")
-        if not server:
-            embedded = EmbeddedPostgres(tmp / "postgres", free_port())
-            embedded.start()
-            server = embedded.url
-        try:
-            return await run(args, server, tmp)
-        finally:
-            if embedded is not None:
-                embedded.remove()
+        async with benchlib.throwaway_database(tmp) as db:
+            return await run(args, db, tmp)
 
 
 if __name__ == "__main__":
