@@ -6,7 +6,9 @@ What is matched (read from the real definitions):
   statement timeouts) and 00000000000001-auth-schema.sql, migrations/20211115181400_update-auth-
   permissions.sql (supabase_auth_admin owns the auth tables; service_role gets none of them);
 - supabase/auth migrations/20240612123726_enable_rls_update_grants.up.sql (RLS on the auth tables);
-- supabase/realtime priv/repo/tenant_schema/realtime/tables/messages.sql and functions/send.sql.
+- supabase/realtime priv/repo/tenant_schema/realtime/tables/messages.sql and functions/send.sql;
+- supabase/storage migrations/tenant/ (0002 storage-schema and the columns added since, RLS 0007,
+  grants 0046, the path helpers as 0060/0061 left them, direct deletes refused as 0055 does).
 
 The command line runs as a user runs it (`whatsched` in a subprocess). On Supabase it goes through
 the Auth admin API: here a small fake of GoTrue's two admin endpoints, which writes auth.users as
@@ -182,6 +184,70 @@ async def test_realtime_messages_has_realtimes_columns_and_partitioning(admin: a
         "select pg_get_function_arguments('realtime.send(jsonb, text, text, boolean)'::regprocedure)"
     )
     assert signature == "payload jsonb, event text, topic text, private boolean DEFAULT true"
+
+
+# storage.buckets and storage.objects as supabase/storage's tenant migrations leave them (the
+# columns our bootstrap creates; Storage's later tables for S3 uploads, prefixes and vectors are
+# not used by whatsched).
+STORAGE_COLUMNS = {
+    "buckets": [
+        "id",
+        "name",
+        "owner",
+        "created_at",
+        "updated_at",
+        "public",
+        "avif_autodetection",
+        "file_size_limit",
+        "allowed_mime_types",
+        "owner_id",
+    ],
+    "objects": [
+        "id",
+        "bucket_id",
+        "name",
+        "owner",
+        "created_at",
+        "updated_at",
+        "last_accessed_at",
+        "metadata",
+        "path_tokens",
+        "version",
+        "owner_id",
+        "user_metadata",
+    ],
+}
+
+
+async def test_storage_has_storages_tables_helpers_and_rules(admin: asyncpg.Connection) -> None:
+    for table, expected in STORAGE_COLUMNS.items():
+        columns = await admin.fetch(
+            "select column_name from information_schema.columns where table_schema = 'storage' and table_name = $1"
+            " order by ordinal_position",
+            table,
+        )
+        assert [c["column_name"] for c in columns] == expected
+        owner, rls = await admin.fetchrow(
+            "select pg_get_userbyid(relowner), relrowsecurity from pg_class where oid = $1::regclass",
+            f"storage.{table}",
+        )
+        assert (owner, rls) == ("supabase_storage_admin", True)
+    helpers = await admin.fetchrow(
+        "select storage.foldername('u1/x/flyer.jpg') as folders, storage.filename('u1/x/flyer.jpg') as file,"
+        " storage.extension('u1/x/flyer.jpg') as ext"
+    )
+    assert (helpers["folders"], helpers["file"], helpers["ext"]) == (["u1", "x"], "flyer.jpg", "jpg")
+    volatility = await admin.fetch(
+        "select proname, provolatile::text from pg_proc where pronamespace = 'storage'::regnamespace"
+        " and proname in ('foldername', 'filename', 'extension') order by proname"
+    )
+    assert [tuple(v) for v in volatility] == [("extension", "i"), ("filename", "i"), ("foldername", "i")]
+    # Direct deletes are refused unless storage.allow_delete_query says the Storage API is deleting.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await admin.execute("delete from storage.objects where false")
+    async with admin.transaction():
+        await admin.execute("set local storage.allow_delete_query = 'true'")
+        await admin.execute("delete from storage.objects where false")
 
 
 async def _sent(admin: asyncpg.Connection, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
