@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from whatsched.db.paging import limit_offset
+from whatsched.db.paging import page_json
 from whatsched.db.sql import ts
 
 # A file as the API shows it, over a relation `m` of public.media.
@@ -60,21 +60,11 @@ async def record(
 
 async def page(conn: asyncpg.Connection, page_number: int, page_size: int) -> str:
     """The caller's own files, newest first."""
-    limit, offset = limit_offset(page_number, page_size)
-    condition = "m.created_by = (select auth.uid())"
-    text: str = await conn.fetchval(
-        f"""with page as (
-              select m.* from public.media m where {condition}
-              order by m.created_at desc, m.id desc limit {limit} offset {offset}
-            )
-            select json_build_object(
-              'items', coalesce((select json_agg({MEDIA_JSON} order by m.created_at desc, m.id desc) from page m),
-                                '[]'::json),
-              'total', (select count(*) from public.media m where {condition}),
-              'page', {int(page_number)}::integer,
-              'page_size', {limit}::integer
-            )::text"""
+    order = "m.created_at desc, m.id desc"
+    sql = page_json(
+        "public.media", "m", "m.created_by = (select auth.uid())", order, MEDIA_JSON, page_number, page_size
     )
+    text: str = await conn.fetchval(sql)
     return text
 
 

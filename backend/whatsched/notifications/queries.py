@@ -12,7 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
-from whatsched.db.paging import limit_offset
+from whatsched.db.paging import page_json
 from whatsched.db.sql import Args, ts
 from whatsched.notifications.texts import NotificationText
 
@@ -41,17 +41,7 @@ def inbox_query(is_read: bool | None, kind: str | None, page: int, page_size: in
     if kind is not None:
         where.append(f"n.type = {arg(kind)}")
     condition = " and ".join(where)
-    limit, offset = limit_offset(page, page_size)
-    sql = f"""
-with page as (
-  select n.* from public.notifications n where {condition} order by {NEWEST_FIRST} limit {limit} offset {offset}
-)
-select json_build_object(
-  'items', coalesce((select json_agg({NOTIFICATION_JSON} order by {NEWEST_FIRST}) from page n), '[]'::json),
-  'total', (select count(*) from public.notifications n where {condition}),
-  'page', {int(page)}::integer,
-  'page_size', {limit}::integer
-)::text"""
+    sql = page_json("public.notifications", "n", condition, NEWEST_FIRST, NOTIFICATION_JSON, page, page_size)
     return sql, arg.values
 
 

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from whatsched.db.paging import limit_offset
+from whatsched.db.paging import page_json
 from whatsched.db.sql import Args, ts
 
 # The guide's reply shape, over replies `r` left-joined to their contact `c`.
@@ -38,18 +38,16 @@ def replies_query(
     if message_id is not None:
         where.append(f"r.message_id = {arg(message_id)}::uuid")
     condition = " and ".join(where)
-    limit, offset = limit_offset(page, page_size)
-    sql = f"""
-with page as (
-  select r.* from public.replies r where {condition} order by {NEWEST_FIRST} limit {limit} offset {offset}
-)
-select json_build_object(
-  'items', coalesce((select json_agg({REPLY_JSON} order by {NEWEST_FIRST})
-                     from page r left join public.contacts c on c.id = r.contact_id), '[]'::json),
-  'total', (select count(*) from public.replies r where {condition}),
-  'page', {int(page)}::integer,
-  'page_size', {limit}::integer
-)::text"""
+    sql = page_json(
+        "public.replies",
+        "r",
+        condition,
+        NEWEST_FIRST,
+        REPLY_JSON,
+        page,
+        page_size,
+        joins="left join public.contacts c on c.id = r.contact_id",
+    )
     return sql, arg.values
 
 

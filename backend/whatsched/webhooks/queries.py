@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from whatsched.db.paging import limit_offset
+from whatsched.db.paging import page_json
 from whatsched.db.sql import ts
 
 # An endpoint as the API shows it, over a relation `e` of public.webhook_endpoints (never its secret).
@@ -129,23 +129,10 @@ async def deliveries_page(
     conn: asyncpg.Connection, endpoint_id: str, state: str | None, page: int, page_size: int
 ) -> str:
     """One page of the endpoint's deliveries, newest first, each with its attempts."""
-    limit, offset = limit_offset(page, page_size)
     condition = "d.endpoint_id = $1::uuid and ($2::text is null or d.state = $2)"
-    text: str = await conn.fetchval(
-        f"""with page as (
-              select d.* from public.webhook_deliveries d where {condition}
-              order by d.created_at desc, d.id desc limit {limit} offset {offset}
-            )
-            select json_build_object(
-              'items', coalesce((select json_agg({DELIVERY_JSON} order by d.created_at desc, d.id desc)
-                                 from page d), '[]'::json),
-              'total', (select count(*) from public.webhook_deliveries d where {condition}),
-              'page', {int(page)}::integer,
-              'page_size', {limit}::integer
-            )::text""",
-        endpoint_id,
-        state,
-    )
+    order = "d.created_at desc, d.id desc"
+    sql = page_json("public.webhook_deliveries", "d", condition, order, DELIVERY_JSON, page, page_size)
+    text: str = await conn.fetchval(sql, endpoint_id, state)
     return text
 
 
