@@ -257,7 +257,7 @@ def bodies(b: Owned) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/api/groups/{group_id}/contacts"): {"contact_ids": [b.contact]},
         ("POST", "/api/contacts"): {"name": "de B", "phone": phone(), "group_ids": [b.group]},
         ("PUT", "/api/contacts/{contact_id}"): {"name": "cambiado por B", "group_ids": [b.group]},
-        ("PATCH", "/api/whatsapp/numbers/{number_id}"): {"label": "cambiado por B"},
+        ("PUT", "/api/whatsapp/numbers/{number_id}"): {"label": "cambiado por B"},
         ("POST", "/api/webhooks"): {"url": "https://example.com/de-b"},
         ("PUT", "/api/webhooks/{endpoint_id}"): {"description": "cambiado por B"},
         ("POST", "/api/webhooks/{endpoint_id}/replay"): {"since": in_an_hour()},

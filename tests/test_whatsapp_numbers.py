@@ -243,9 +243,9 @@ async def test_with_self_service_a_users_number_is_theirs_alone(
     assert via_sql in await seen_directly(res, other) and via_sql not in await seen_directly(res, owner)
 
     # The owner manages it (not sharing it), and acts on it; another user finds nothing.
-    resp = await client.patch(f"{NUMBERS}/{number}", json={"label": "Mi tienda"}, headers=owner.headers)
+    resp = await client.put(f"{NUMBERS}/{number}", json={"label": "Mi tienda"}, headers=owner.headers)
     assert resp.status_code == 200 and resp.json()["label"] == "Mi tienda"
-    resp = await client.patch(f"{NUMBERS}/{number}", json={"shared": True}, headers=owner.headers)
+    resp = await client.put(f"{NUMBERS}/{number}", json={"shared": True}, headers=owner.headers)
     assert api_error(resp, 403) == "forbidden"
     assert (await client.post(f"{NUMBERS}/{number}/start", headers=owner.headers)).status_code == 202
     assert api_error(await client.post(f"{NUMBERS}/{number}/start", headers=other.headers), 404) == "number_not_found"
@@ -262,7 +262,7 @@ async def test_with_self_service_a_users_number_is_theirs_alone(
     shared = await add_number(client, boss)
     assert api_error(await client.post(f"{NUMBERS}/{shared}/stop", headers=owner.headers), 403) == "forbidden"
     assert await direct_error(res, owner, sql, shared) == "forbidden"
-    resp = await client.patch(f"{NUMBERS}/{shared}", json={"label": "Mío"}, headers=owner.headers)
+    resp = await client.put(f"{NUMBERS}/{shared}", json={"label": "Mío"}, headers=owner.headers)
     assert api_error(resp, 403) == "forbidden"
     assert api_error(await client.get(f"{NUMBERS}/{shared}/qr", headers=owner.headers), 403) == "forbidden"
 
@@ -310,7 +310,7 @@ async def test_actions_are_queued_as_commands_and_every_action_is_audited(
 
     await client.put(f"{NUMBERS}/{number}/users/{user.id}", headers=boss.headers)
     await client.delete(f"{NUMBERS}/{number}/users/{user.id}", headers=boss.headers)
-    await client.patch(f"{NUMBERS}/{number}", json={"shared": False}, headers=boss.headers)
+    await client.put(f"{NUMBERS}/{number}", json={"shared": False}, headers=boss.headers)
     await client.delete(f"{NUMBERS}/{number}", headers=boss.headers)
     assert await audit_actions(admin, number) == [
         "whatsapp_number.add",

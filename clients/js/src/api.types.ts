@@ -601,7 +601,11 @@ export interface paths {
         };
         /** Get Number */
         get: operations["get_number_api_whatsapp_numbers__number_id__get"];
-        put?: never;
+        /**
+         * Update Number
+         * @description Partial update of label and shared (only an admin shares a number).
+         */
+        put: operations["update_number_api_whatsapp_numbers__number_id__put"];
         post?: never;
         /**
          * Remove Number
@@ -611,11 +615,7 @@ export interface paths {
         delete: operations["remove_number_api_whatsapp_numbers__number_id__delete"];
         options?: never;
         head?: never;
-        /**
-         * Update Number
-         * @description Partial update of label and shared (only an admin shares a number).
-         */
-        patch: operations["update_number_api_whatsapp_numbers__number_id__patch"];
+        patch?: never;
         trace?: never;
     };
     "/api/whatsapp/numbers/{number_id}/users/{user_id}": {
@@ -5005,72 +5005,7 @@ export interface operations {
             };
         };
     };
-    remove_number_api_whatsapp_numbers__number_id__delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                number_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description Unauthorized */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Forbidden */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Not Found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Conflict */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-            /** @description Unprocessable Entity */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
-        };
-    };
-    update_number_api_whatsapp_numbers__number_id__patch: {
+    update_number_api_whatsapp_numbers__number_id__put: {
         parameters: {
             query?: never;
             header?: never;
@@ -5123,6 +5058,71 @@ export interface operations {
             };
             /** @description Not Found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    remove_number_api_whatsapp_numbers__number_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                number_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

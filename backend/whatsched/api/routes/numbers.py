@@ -52,7 +52,7 @@ async def get_number(number_id: UUID, conn: UserConn) -> Response:
     return pg_json(text)
 
 
-@router.patch("/{number_id}", response_model=WhatsAppNumber, responses=responses(400, 401, 403, 404, 422))
+@router.put("/{number_id}", response_model=WhatsAppNumber, responses=responses(400, 401, 403, 404, 422))
 async def update_number(number_id: UUID, body: NumberUpdate, conn: UserConn) -> Response:
     """Partial update of label and shared (only an admin shares a number)."""
     return pg_json(await numbers.update_number(conn, str(number_id), body.label, body.shared))
