@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -151,13 +152,32 @@ async def browser() -> AsyncIterator[DevTools]:
         finally:
             await tools.close()
     finally:
-        proc.terminate()
+        # The whole session (start_new_session): Chromium's helper processes too, which otherwise
+        # may still write into the profile while it is removed.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), 10)
         except TimeoutError:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+        await _gone(proc.pid)
         profile.cleanup()
+
+
+async def _gone(group: int, within: float = 10.0) -> None:
+    """Wait until no process of the group is left (SIGKILL what lingers past `within`)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        await asyncio.sleep(0.05)
 
 
 def normalized(text: str) -> str:
