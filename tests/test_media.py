@@ -96,6 +96,17 @@ async def test_an_image_is_stored_as_its_bytes_say_without_its_location(
     assert listed["total"] == 1 and listed["items"][0]["id"] == got["id"]
 
 
+async def test_the_kind_of_a_type_is_the_databases(admin: asyncpg.Connection) -> None:
+    """inspect.kind_of (the name-versus-bytes check) is private.media_kind's rule, for every type
+    the allow-list holds and a few it does not."""
+    from whatsched.media.inspect import kind_of
+
+    allowed = await admin.fetchval("select media_types from private.settings")
+    types = [*allowed, "image/gif", "application/x-executable", "text/plain", "audio/x-wav", "video/webm"]
+    kinds = await admin.fetch("select t, private.media_kind(t) as kind from unnest($1::text[]) t", types)
+    assert {r["t"]: r["kind"] for r in kinds} == {t: kind_of(t) for t in types}
+
+
 async def test_a_pdf_is_a_document(client: httpx.AsyncClient, make_user: Any) -> None:
     ana = await make_user()
     resp = await upload(client, ana, "menu.pdf", PDF, "application/pdf")

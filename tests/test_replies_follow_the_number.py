@@ -17,7 +17,7 @@ import httpx
 import pytest
 from bridge_process import new_message, new_owner, numbers
 from test_number_health import as_service, bare_number, facts, number_row
-from test_whatsapp_numbers import post_event
+from test_whatsapp_numbers import post_event, self_service  # noqa: F401 (a fixture)
 
 from whatsched.config import Settings
 
@@ -63,15 +63,6 @@ async def opted_out(admin: asyncpg.Connection, phone: str) -> set[uuid.UUID]:
     return {r["created_by"] for r in rows}
 
 
-@pytest.fixture
-async def self_service(admin: asyncpg.Connection) -> AsyncIterator[None]:
-    await admin.execute("update private.settings set self_service_numbers = true")
-    try:
-        yield
-    finally:
-        await admin.execute("update private.settings set self_service_numbers = false")
-
-
 async def test_a_reply_belongs_to_the_number_it_reached(
     admin: asyncpg.Connection, client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -105,8 +96,9 @@ async def test_shared_numbers_an_opt_out_holds_for_every_user(
     assert await opted_out(admin, phone) == set()
 
 
+@pytest.mark.usefixtures("self_service")
 async def test_self_service_an_opt_out_holds_for_the_owners_numbers_only(
-    admin: asyncpg.Connection, client: httpx.AsyncClient, settings: Settings, self_service: None
+    admin: asyncpg.Connection, client: httpx.AsyncClient, settings: Settings
 ) -> None:
     ana, helper, bruno = await new_owner(admin), await new_owner(admin), await new_owner(admin)
     own_a = await bare_number(admin, "Ana")

@@ -43,7 +43,8 @@ class Inspected:
 
 
 def kind_of(mime_type: str | None) -> str | None:
-    """private.media_kind's rule, for a name's type (None: no type)."""
+    """private.media_kind's rule, for a name's type (None: no type); tests/test_media.py holds the
+    two together."""
     if not mime_type:
         return None
     top = mime_type.split("/", 1)[0]
