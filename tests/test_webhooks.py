@@ -613,3 +613,24 @@ async def test_an_endpoint_failing_for_days_is_disabled_and_its_owner_told(
         )
         == 1
     )
+
+
+async def test_the_private_address_verdict_is_asked_once_per_address(prepared: Prepared) -> None:
+    """Each attempt resolves its name anew; Postgres judges an address the sender has not seen
+    (private.address_is_private is immutable), and a known address costs no round trip."""
+    from whatsched.webhooks.sender import Sender
+
+    sender = Sender(prepared.admin_url, "test", timeout_s=1, concurrency=1, allow_private=False)
+    pool = await asyncpg.create_pool(prepared.admin_url, min_size=1, max_size=1)
+    sender._pool = pool
+    loopback, public = "http://127.0.0.1:9/hook", "http://93.184.216.34/hook"
+    refused = await sender._refused_address(loopback)
+    assert refused is not None and "127.0.0.1 resolves to a loopback" in refused
+    assert await sender._refused_address(public) is None
+    await pool.close()
+    # Known addresses: the same verdicts without the database.
+    assert await sender._refused_address(loopback) == refused
+    assert await sender._refused_address(public) is None
+    # A new one still goes to Postgres (whose pool is closed now).
+    with pytest.raises(asyncpg.InterfaceError):
+        await sender._refused_address("http://10.1.2.3/hook")

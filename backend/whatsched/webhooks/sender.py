@@ -38,7 +38,12 @@ USER_AGENT = "whatsched-webhooks/1"
 CLAIM = "select * from private.claim_webhook_deliveries($1, $2, $3)"
 FINISH = "select private.finish_webhook_delivery($1, $2, $3, $4, $5, $6, $7)"
 NEXT = "select extract(epoch from private.next_webhook_at() - now())"
-PRIVATE = "select coalesce(bool_or(private.address_is_private(a)), false) from unnest($1::inet[]) a"
+PRIVATE = (
+    "select array(select private.address_is_private(a) from unnest($1::inet[]) with ordinality u (a, i) order by i)"
+)
+# Verdicts of private.address_is_private (immutable: an address's verdict never changes) this
+# process remembers, so an attempt asks Postgres only about addresses it has not seen.
+PRIVATE_CACHE_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,7 @@ class Sender:
         self._stop = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pool: asyncpg.Pool
+        self._private: dict[str, bool] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -237,12 +243,22 @@ class Sender:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             addresses = sorted({str(info[4][0]) for info in infos})
-        private: bool = await self._pool.fetchval(PRIVATE, addresses)
-        if private:
+        if await self._any_private(addresses):
             return (
                 f"{host} resolves to a loopback, private, link-local or metadata address (WEBHOOK_ALLOW_PRIVATE is off)"
             )
         return None
+
+    async def _any_private(self, addresses: list[str]) -> bool:
+        """Whether any address is private, as Postgres judges it (the name was resolved anew for
+        this attempt; only the verdict of an address already judged is reused)."""
+        unknown = [a for a in addresses if a not in self._private]
+        if unknown:
+            if len(self._private) + len(unknown) > PRIVATE_CACHE_MAX:
+                self._private.clear()
+            verdicts: list[bool] = await self._pool.fetchval(PRIVATE, unknown)
+            self._private.update(zip(unknown, verdicts, strict=True))
+        return any(self._private[a] for a in addresses)
 
 
 async def _as_service(conn: asyncpg.Connection) -> None:
