@@ -379,21 +379,28 @@ begin
       for update skip locked
     ) f
     limit greatest(allowance - (select count(*) from rescued), 0)
+  ), batch as (
+    select d.id, d.message_id, d.created_by, d.phone, d.contact_name
+    from (select id from rescued union all select id from fresh) p
+    join public.deliveries d on d.id = p.id
+  ), attachments as (
+    -- The attachment as it leaves (20261206000300_media), once per message of the batch: null
+    -- when it may not (not ready, gone, outside today's limits).
+    select m.id as message_id, private.media_to_send(m.media_id) as media
+    from public.messages m
+    where m.media_id is not null and m.id in (select b.message_id from batch b)
   ), rendered as (
     -- What this recipient would receive, and whether they may receive anything at all (an
     -- opt-out that arrived since the fan-out, by a reply or by hand).
-    select d.id, d.message_id, d.created_by, d.phone,
-           private.render(m.content, d.contact_name) as body,
+    select b.id, b.message_id, b.created_by, b.phone,
+           private.render(m.content, b.contact_name) as body,
            exists (select 1 from public.contacts c
-                   where c.created_by = d.created_by and c.phone = d.phone and c.opted_out_at is not null)
+                   where c.created_by = b.created_by and c.phone = b.phone and c.opted_out_at is not null)
              as opted_out,
-           m.media_id,
-           -- The attachment as it leaves (20261206000300_media): null when it may not (not ready,
-           -- gone, outside today's limits).
-           case when m.media_id is not null then private.media_to_send(m.media_id) end as media
-    from (select id from rescued union all select id from fresh) p
-    join public.deliveries d on d.id = p.id
-    join public.messages m on m.id = d.message_id
+           m.media_id, a.media
+    from batch b
+    join public.messages m on m.id = b.message_id
+    left join attachments a on a.message_id = b.message_id
   ), judged as (
     -- The last check before the bridge call, on the text (an attachment's caption, which may be
     -- empty) and the file that will leave the number.
