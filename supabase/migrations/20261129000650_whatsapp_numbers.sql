@@ -275,6 +275,24 @@ begin
 end;
 $$;
 
+-- A number whose users change (assign, unassign): managed as above, and by an admin only (a
+-- self-service owner manages their number but does not hand it to other users).
+create or replace function private.assignable_number(p_number_id uuid)
+returns public.whatsapp_numbers
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  n public.whatsapp_numbers := private.managed_number(p_number_id);
+begin
+  if not (select private.is_admin()) then
+    raise exception 'Only an admin can assign WhatsApp numbers.' using errcode = 'WS403', hint = 'forbidden';
+  end if;
+  return n;
+end;
+$$;
+
 -- A label as stored (cleaned like a group's name), or a refusal naming the field.
 create or replace function private.number_label(p_raw text)
 returns text
@@ -366,12 +384,9 @@ security definer
 set search_path = ''
 as $$
 declare
-  n public.whatsapp_numbers := private.managed_number(p_number_id);
+  n public.whatsapp_numbers := private.assignable_number(p_number_id);
   added integer;
 begin
-  if not (select private.is_admin()) then
-    raise exception 'Only an admin can assign WhatsApp numbers.' using errcode = 'WS403', hint = 'forbidden';
-  end if;
   insert into public.whatsapp_number_users (number_id, user_id) values (n.id, p_user_id) on conflict do nothing;
   get diagnostics added = row_count;
   return added > 0;
@@ -386,12 +401,9 @@ security definer
 set search_path = ''
 as $$
 declare
-  n public.whatsapp_numbers := private.managed_number(p_number_id);
+  n public.whatsapp_numbers := private.assignable_number(p_number_id);
   removed integer;
 begin
-  if not (select private.is_admin()) then
-    raise exception 'Only an admin can assign WhatsApp numbers.' using errcode = 'WS403', hint = 'forbidden';
-  end if;
   delete from public.whatsapp_number_users where number_id = n.id and user_id = p_user_id;
   get diagnostics removed = row_count;
   return removed > 0;
@@ -962,7 +974,7 @@ $$;
 
 revoke all on function
   private.can_use_number(uuid), private.message_number(public.messages), private.managed_number(uuid),
-  private.number_label(text), private.check_number_choice(),
+  private.assignable_number(uuid), private.number_label(text), private.check_number_choice(),
   public.add_whatsapp_number(text, boolean), public.update_whatsapp_number(uuid, text, boolean),
   public.remove_whatsapp_number(uuid), public.assign_whatsapp_number(uuid, uuid),
   public.unassign_whatsapp_number(uuid, uuid), public.request_number_action(uuid, text),
@@ -977,7 +989,7 @@ revoke all on function
   from public, anon, authenticated;
 grant execute on function
   private.can_use_number(uuid), private.message_number(public.messages), private.managed_number(uuid),
-  private.number_label(text),
+  private.assignable_number(uuid), private.number_label(text),
   public.add_whatsapp_number(text, boolean), public.update_whatsapp_number(uuid, text, boolean),
   public.remove_whatsapp_number(uuid), public.assign_whatsapp_number(uuid, uuid),
   public.unassign_whatsapp_number(uuid, uuid), public.request_number_action(uuid, text),
