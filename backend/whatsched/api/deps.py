@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 import asyncpg
-from fastapi import Depends, Query, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPBearer
 from limits import RateLimitItem
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
@@ -133,27 +133,30 @@ async def verify_token(res: Resources, token: str) -> dict[str, Any]:
         ) from exc
 
 
-# Declares the scheme in OpenAPI (Swagger's Authorize button); bearer_token() reads the header, so
-# a missing or malformed one is answered with our own 401 body.
-BEARER = HTTPBearer(auto_error=False, description="An access token from POST /api/auth/login (or Supabase Auth).")
+class BearerCaller(HTTPBearer):
+    """The verified caller, as one dependency that is also the security scheme OpenAPI declares
+    (Swagger's Authorize button). bearer_token() reads the header, so a missing or malformed one is
+    answered with our own 401 body. One call per request: the scheme, the resources and the caller
+    as separate sub-dependencies cost FastAPI about 0.12 ms of CPU a request to solve."""
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        res = resources_of(request)
+        token = bearer_token(request)
+        claims = await verify_token(res, token)
+        return Caller(
+            id=str(claims["sub"]),
+            claims=claims,
+            token=token,
+            ip=client_ip(request, res.settings.trusted_proxies),
+            user_agent=request.headers.get("user-agent"),
+        )
 
 
-async def caller(
-    request: Request,
-    res: ResourcesDep,
-    _declared: HTTPAuthorizationCredentials | None = Security(BEARER),
-) -> Caller:
-    token = bearer_token(request)
-    claims = await verify_token(res, token)
-    return Caller(
-        id=str(claims["sub"]),
-        claims=claims,
-        token=token,
-        ip=client_ip(request, res.settings.trusted_proxies),
-        user_agent=request.headers.get("user-agent"),
-    )
-
-
+caller = BearerCaller(
+    scheme_name="HTTPBearer",
+    auto_error=False,
+    description="An access token from POST /api/auth/login (or Supabase Auth).",
+)
 CallerDep = Annotated[Caller, Depends(caller)]
 
 
