@@ -14,6 +14,7 @@ from whatsched import __version__
 from whatsched.api import docs, errors, methods
 from whatsched.api.caching import CacheHeaders
 from whatsched.api.deps import AuthProvider, Resources
+from whatsched.api.fast_lane import FastLane
 from whatsched.api.routes import (
     analytics,
     auth,
@@ -46,6 +47,29 @@ from whatsched.db.setup import resolve_app_url
 from whatsched.errors import ConfigError
 from whatsched.realtime import Hub
 from whatsched.rules import publish_settings
+
+# One router per resource, in the order their paths are matched and documented.
+ROUTERS = [
+    health.router,
+    auth.router,
+    auth.jwks_router,
+    messages_routes.router,
+    groups_routes.router,
+    contacts_routes.router,
+    contacts_import.router,
+    ws_routes.router,
+    bridge_events.router,
+    numbers.router,
+    webhooks.router,
+    media.router,
+    media.bridge_router,
+    notifications.router,
+    replies.router,
+    analytics.router,
+    reports.router,
+    sync.router,
+    metrics_routes.router,
+]
 
 
 def build_resources(settings: Settings, pool: asyncpg.Pool, bridge: BridgeClient) -> Resources:
@@ -101,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    app.add_middleware(FastLane, routers=ROUTERS)  # innermost: every layer below applies to its answers
     app.add_middleware(errors.UnexpectedErrors)  # inside CORS: a 500 carries the CORS headers too
     app.add_middleware(methods.AsDeclared)  # 405 + Allow, one value per scalar query parameter; inside CORS
     app.add_middleware(
@@ -122,25 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestTiming)  # outermost of ours: times everything below it
     errors.install(app)
     # routers: one per resource
-    app.include_router(health.router)
-    app.include_router(auth.router)
-    app.include_router(auth.jwks_router)
-    app.include_router(messages_routes.router)
-    app.include_router(groups_routes.router)
-    app.include_router(contacts_routes.router)
-    app.include_router(contacts_import.router)
-    app.include_router(ws_routes.router)
-    app.include_router(bridge_events.router)
-    app.include_router(numbers.router)
-    app.include_router(webhooks.router)
-    app.include_router(media.router)
-    app.include_router(media.bridge_router)
-    app.include_router(notifications.router)
-    app.include_router(replies.router)
-    app.include_router(analytics.router)
-    app.include_router(reports.router)
-    app.include_router(sync.router)
-    app.include_router(metrics_routes.router)
+    for router in ROUTERS:
+        app.include_router(router)
     docs.install(app)
     return app
 

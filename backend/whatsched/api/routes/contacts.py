@@ -20,6 +20,7 @@ from whatsched import phones
 from whatsched.api.common import audit_action, pg_json
 from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, responses
+from whatsched.api.fast_lane import fast_lane
 from whatsched.auth.queries import is_admin
 from whatsched.directory import contacts
 from whatsched.directory.models import Contact, ContactCreate, ContactPage, ContactSort, ContactUpdate
@@ -78,6 +79,7 @@ async def _contact_or_404(conn: asyncpg.Connection, contact_id: str) -> str:
 
 
 @router.get("", response_model=ContactPage, responses=responses(401, 403, 422))
+@fast_lane
 async def list_contacts(
     *,
     q: str | None = Query(None, max_length=200, description="Text in the name or email, or digits of the phone"),

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Response
 from whatsched.api.common import audit_action, pg_json
 from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
+from whatsched.api.fast_lane import fast_lane
 from whatsched.auth.queries import is_admin
 from whatsched.directory import contacts, groups
 from whatsched.directory.models import (
@@ -44,6 +45,7 @@ def _not_found(group_id: str) -> ApiError:
 
 
 @router.get("", response_model=GroupPage, responses=responses(401, 403, 422))
+@fast_lane
 async def list_groups(
     *,
     q: str | None = Query(None, max_length=200, description="Text in the name (case-insensitive)"),

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, Query, Response
 from whatsched.api.common import QueryDateTime, audit_action, pg_json
 from whatsched.api.deps import CallerDep, PagingDep, Resources, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
+from whatsched.api.fast_lane import fast_lane
 from whatsched.auth.queries import is_admin
 from whatsched.bridge_client import BridgeError
 from whatsched.messages import queries
@@ -91,6 +92,7 @@ def _statuses(values: list[str] | None) -> list[str]:
 
 
 @router.get("", response_model=MessagePage, responses=responses(401, 403, 422))
+@fast_lane
 async def list_messages(
     *,
     status: list[str] | None = Query(None, description="Repeat or comma-separate: draft,scheduled,..."),
@@ -162,6 +164,7 @@ async def dashboard(
     response_model=Message,
     responses={**responses(401, 404, 422), 304: {"description": "Not modified (If-None-Match matched the ETag)"}},
 )
+@fast_lane
 async def get_message(message_id: UUID, who: CallerDep, res: ResourcesDep) -> Response:
     """Carries an ETag; send it back in If-None-Match to get 304 when nothing changed."""
     async with caller_tx(res, who) as conn:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from whatsched.api.common import Page, pg_json
 from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, responses
+from whatsched.api.fast_lane import fast_lane
 from whatsched.models import UtcDateTime
 from whatsched.notifications import queries
 from whatsched.notifications.texts import NotificationType
@@ -50,6 +51,7 @@ def _not_found(notification_id: UUID) -> ApiError:
 
 
 @router.get("", response_model=Page[Notification], responses=responses(401, 422))
+@fast_lane
 async def list_notifications(
     *,
     is_read: bool | None = Query(None, description="only read (true) or unread (false) notifications"),

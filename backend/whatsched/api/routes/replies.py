@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from whatsched.api.common import Page, pg_json
 from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, caller_tx
 from whatsched.api.errors import responses
+from whatsched.api.fast_lane import fast_lane
 from whatsched.models import UtcDateTime
 from whatsched.replies import queries
 
@@ -35,6 +36,7 @@ class Reply(BaseModel):
 
 
 @router.get("", response_model=Page[Reply], responses=responses(401, 422))
+@fast_lane
 async def list_replies(
     *,
     contact_id: UUID | None = Query(None, description="only replies from this contact"),
