@@ -13,6 +13,12 @@ seconds, for each read: with `concurrency` clients (throughput; the ratio API/fl
 `light` clients (latency; the ratio of p99s). Prints every round, then the median ratio and its
 spread (min-max over the rounds). Targets (issue #23): throughput >= 0.8 of the floor with 50
 clients, p99 within 1.5x of the floor's at 4 clients.
+
+The floor does no HTTP. So each round also runs the HTTP floor (scripts/bench_api_http_floor.py):
+the same two reads served by a bare ASGI application on the same server (uvicorn, one process),
+with the same token check, transaction and SQL, and no framework. HTTP floor / floor is what
+serving HTTP from Python costs on this machine; API / HTTP floor is what FastAPI and our layers
+(routing, parameters, dependencies, middleware, ETags) add to it.
 """
 
 from __future__ import annotations
@@ -152,17 +158,24 @@ class Read:
 
     name: str
     api: Callable[[int, float], Awaitable[Figure]]
+    http: Callable[[int, float], Awaitable[Figure]]
     floor: Callable[[int, float], Awaitable[Figure]]
-    # Per round: API/floor req/s at `concurrency` clients, API/floor p99 at `light` clients, and the
-    # CPU µs per request of the API process and of the floor's at `concurrency` clients.
+    # Per round: API/floor req/s at `concurrency` clients, API/floor p99 at `light` clients, the
+    # same two for the HTTP floor (HTTP floor/floor) and for the API against it (API/HTTP floor),
+    # and the CPU µs per request of the API process, the HTTP floor's and the floor's.
     throughput: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
-    cpu: list[tuple[float, float]] = field(default_factory=list)
+    http_throughput: list[float] = field(default_factory=list)
+    http_p99: list[float] = field(default_factory=list)
+    over_http_throughput: list[float] = field(default_factory=list)
+    over_http_p99: list[float] = field(default_factory=list)
+    cpu: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Path) -> None:
     prepared, db_url = db.prepared, db.url
     api: asyncio.subprocess.Process | None = None
+    http_floor: asyncio.subprocess.Process | None = None
     try:
         port = free_port()
         public_url = f"http://127.0.0.1:{port}"
@@ -198,6 +211,19 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
         command += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
         api = await asyncio.create_subprocess_exec(sys.executable, *command, env=env, cwd=ROOT)
         print(f"API process {api.pid} on {public_url}", flush=True)
+        http_url = f"http://127.0.0.1:{free_port()}"
+        floor_command = [
+            "-m",
+            "uvicorn",
+            "--factory",
+            "bench_api_http_floor:create",
+            "--app-dir",
+            str(ROOT / "scripts"),
+        ]
+        floor_command += ["--host", "127.0.0.1", "--port", http_url.rsplit(":", 1)[1]]
+        floor_command += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
+        http_floor = await asyncio.create_subprocess_exec(sys.executable, *floor_command, env=env, cwd=ROOT)
+        print(f"HTTP floor process {http_floor.pid} on {http_url}", flush=True)
 
         # The floor: the API's own transaction, in this process, with as many connections as the
         # API's processes have (a pool of 10 each).
@@ -220,51 +246,51 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
         headers = {"Authorization": f"Bearer {token}"}
         connector = aiohttp.TCPConnector(limit=args.concurrency, keepalive_timeout=60)
         use_wrk = shutil.which("wrk") is not None
-        api_process = psutil.Process(api.pid)
 
-        def server_cpu() -> float:
+        def server_cpu(server: psutil.Process) -> float:
             total = 0.0
-            for process in (api_process, *api_process.children(recursive=True)):
+            for process in (server, *server.children(recursive=True)):
                 times = process.cpu_times()
                 total += times.user + times.system
             return total
 
-        async with aiohttp.ClientSession(public_url, headers=headers, connector=connector) as http:
-            for _ in range(200):
-                try:
-                    async with http.get("/api/messages?page=1") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                raise SystemExit("the API did not start")
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as http:
+            for base in (public_url, http_url):
+                for _ in range(200):
+                    try:
+                        async with http.get(base + "/api/messages?page=1") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+                else:
+                    raise SystemExit(f"{base} did not start")
 
-            async def get(path: str) -> None:
-                async with http.get(path) as resp:
+            async def get(url: str) -> None:
+                async with http.get(url) as resp:
                     await resp.read()
                     if resp.status != 200:
-                        raise SystemExit(f"{path} answered {resp.status}")
+                        raise SystemExit(f"{url} answered {resp.status}")
 
-            async def http_list() -> None:
-                await get("/api/messages?page=1")
-
-            async def http_one() -> None:
-                await get("/api/messages/" + random.choice(ids))
-
-            def api_run(
-                path: str, call: Callable[[], Awaitable[None]], by_id: bool
+            def server_run(
+                base: str, server: asyncio.subprocess.Process, path: str, by_id: bool
             ) -> Callable[[int, float], Awaitable[Figure]]:
+                """Drive one HTTP server (the API or the HTTP floor) on one read."""
+                process = psutil.Process(server.pid)
+
+                async def call() -> None:
+                    await get(base + path + (random.choice(ids) if by_id else ""))
+
                 async def run(clients: int, seconds: float) -> Figure:
-                    before = server_cpu()
+                    before = server_cpu(process)
                     if use_wrk:
                         fig = await asyncio.to_thread(
-                            run_wrk, public_url, path, token, clients, seconds, ids if by_id else None
+                            run_wrk, base, path, token, clients, seconds, ids if by_id else None
                         )
                     else:
                         fig = await drive(call, clients, seconds)
-                    fig.cpu_us = (server_cpu() - before) / fig.requests * 1e6
+                    fig.cpu_us = (server_cpu(process) - before) / fig.requests * 1e6
                     return fig
 
                 return run
@@ -280,12 +306,21 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
 
             reads = [
                 Read(
-                    "GET /api/messages?page=1", api_run("/api/messages?page=1", http_list, False), floor_run(floor_list)
+                    "GET /api/messages?page=1",
+                    server_run(public_url, api, "/api/messages?page=1", False),
+                    server_run(http_url, http_floor, "/api/messages?page=1", False),
+                    floor_run(floor_list),
                 ),
-                Read("GET /api/messages/{id}", api_run("/api/messages/", http_one, True), floor_run(floor_one)),
+                Read(
+                    "GET /api/messages/{id}",
+                    server_run(public_url, api, "/api/messages/", True),
+                    server_run(http_url, http_floor, "/api/messages/", True),
+                    floor_run(floor_one),
+                ),
             ]
-            for read in reads:  # warm both sides: connections, prepared statements, caches
+            for read in reads:  # warm every side: connections, prepared statements, caches
                 await read.api(args.concurrency, 1.0)
+                await read.http(args.concurrency, 1.0)
                 await read.floor(args.concurrency, 1.0)
 
             generator = f"wrk -t2 -c{args.concurrency}" if use_wrk else f"{args.concurrency} aiohttp clients"
@@ -302,23 +337,30 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
                         (args.light, read.p99, "p99"),
                     ):
                         api_fig = await read.api(clients, args.duration)
+                        http_fig = await read.http(clients, args.duration)
                         floor_fig = await read.floor(clients, args.duration)
                         last[(read.name, "api", clients)] = api_fig
                         last[(read.name, "floor", clients)] = floor_fig
-                        ratio = (
-                            api_fig.rate / floor_fig.rate if measure == "rate" else api_fig.p99_ms / floor_fig.p99_ms
-                        )
-                        ratios.append(ratio)
+
+                        def ratio(a: Figure, b: Figure, by_rate: bool = measure == "rate") -> float:
+                            return a.rate / b.rate if by_rate else a.p99_ms / b.p99_ms
+
+                        ratios.append(ratio(api_fig, floor_fig))
+                        rate = measure == "rate"
+                        (read.http_throughput if rate else read.http_p99).append(ratio(http_fig, floor_fig))
+                        (read.over_http_throughput if rate else read.over_http_p99).append(ratio(api_fig, http_fig))
                         print(
-                            f"  round {n} {read.name:<25} {clients:>3} clients: API {api_fig.rate:7.0f} req/s"
-                            f" p50 {api_fig.p50_ms:6.2f} p99 {api_fig.p99_ms:6.2f} ms | floor {floor_fig.rate:7.0f}"
-                            f" p50 {floor_fig.p50_ms:6.2f} p99 {floor_fig.p99_ms:6.2f} ms |"
-                            f" {'throughput' if measure == 'rate' else 'p99'} ratio {ratio:.2f} |"
-                            f" CPU µs/request API {api_fig.cpu_us:4.0f} floor {floor_fig.cpu_us:4.0f}",
+                            f"  round {n} {read.name:<25} {clients:>3} clients:"
+                            + "".join(
+                                f" {label} {fig.rate:5.0f} req/s p50 {fig.p50_ms:5.2f} p99 {fig.p99_ms:6.2f} ms"
+                                f" ({fig.cpu_us:4.0f} µs CPU) |"
+                                for label, fig in (("API", api_fig), ("HTTP floor", http_fig), ("floor", floor_fig))
+                            )
+                            + f" {'throughput' if rate else 'p99'} API/floor {ratios[-1]:.2f}",
                             flush=True,
                         )
-                        if measure == "rate":
-                            read.cpu.append((api_fig.cpu_us, floor_fig.cpu_us))
+                        if rate:
+                            read.cpu.append((api_fig.cpu_us, http_fig.cpu_us, floor_fig.cpu_us))
 
         # What a round trip costs. Alone: an empty statement inside a user transaction, one client,
         # back to back. Under load: the floor's one-message transaction (BEGIN + settings, query,
@@ -358,9 +400,23 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
         for read in reads:
             print(f"  {read.name:<25} throughput at {args.concurrency} clients {spread(read.throughput)}")
             print(f"  {read.name:<25} p99 at {args.light} clients         {spread(read.p99)}")
-            api_cpu = statistics.median(c[0] for c in read.cpu)
-            floor_cpu = statistics.median(c[1] for c in read.cpu)
-            print(f"  {read.name:<25} CPU per request: API process {api_cpu:.0f} µs, floor process {floor_cpu:.0f} µs")
+            api_cpu, http_cpu, floor_cpu = (statistics.median(c[i] for c in read.cpu) for i in range(3))
+            print(
+                f"  {read.name:<25} CPU per request: API process {api_cpu:.0f} µs, HTTP floor process"
+                f" {http_cpu:.0f} µs, floor process {floor_cpu:.0f} µs"
+            )
+        print(
+            "HTTP floor / floor (what serving HTTP from Python costs), and API / HTTP floor (what the framework adds):"
+        )
+        for read in reads:
+            print(
+                f"  {read.name:<25} throughput HTTP floor/floor {spread(read.http_throughput)},"
+                f" API/HTTP floor {spread(read.over_http_throughput)}"
+            )
+            print(
+                f"  {read.name:<25} p99        HTTP floor/floor {spread(read.http_p99)},"
+                f" API/HTTP floor {spread(read.over_http_p99)}"
+            )
         rate_ok = all(statistics.median(r.throughput) >= 0.8 for r in reads)
         p99_ok = all(statistics.median(r.p99) <= 1.5 for r in reads)
         print(f"target throughput >= 0.8 of the floor at {args.concurrency} clients: {'met' if rate_ok else 'MISSED'}")
@@ -384,10 +440,17 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
                 "x",
                 "<= 1.5",
             )
+            for what, values in (
+                (f"HTTP floor / floor throughput, {args.concurrency} clients", read.http_throughput),
+                (f"API / HTTP floor throughput, {args.concurrency} clients", read.over_http_throughput),
+                (f"API / HTTP floor p99, {args.light} clients", read.over_http_p99),
+            ):
+                benchlib.record("api", f"{label}: {what} (median of {args.rounds})", statistics.median(values), "x", "")
     finally:
-        if api is not None:
-            api.terminate()
-            await asyncio.wait_for(api.wait(), 15)
+        for server in (api, http_floor):
+            if server is not None:
+                server.terminate()
+                await asyncio.wait_for(server.wait(), 15)
 
 
 async def main() -> None:
