@@ -96,9 +96,21 @@ def repeated(query_string: bytes, single_valued: frozenset[str]) -> list[tuple[s
     return [(name, n) for name, n in counts.items() if n > 1]
 
 
-def resource_for(path: str, table: list[Resource]) -> Resource | None:
+Table = dict[int, list[Resource]]
+
+
+def by_depth(entries: list[Resource]) -> Table:
+    """Resources grouped by their number of segments, most specific first in each group: a
+    parameter matches one segment, so a path is compared only with templates of its depth."""
+    table: Table = {}
+    for entry in entries:
+        table.setdefault(entry.template.count("/"), []).append(entry)
+    return table
+
+
+def resource_for(path: str, table: Table) -> Resource | None:
     """The most specific resource whose template matches the path, or None."""
-    for entry in table:
+    for entry in table.get(path.count("/"), ()):
         if entry.regex.match(path):
             return entry
     return None
@@ -107,11 +119,11 @@ def resource_for(path: str, table: list[Resource]) -> Resource | None:
 class AsDeclared:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._table: list[Resource] | None = None
+        self._table: Table | None = None
 
-    def _resources(self, scope: Scope) -> list[Resource]:
+    def _resources(self, scope: Scope) -> Table:
         if self._table is None:  # every router is included once the first request arrives
-            self._table = resources(scope["app"].openapi())
+            self._table = by_depth(resources(scope["app"].openapi()))
         return self._table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
