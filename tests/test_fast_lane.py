@@ -137,6 +137,8 @@ async def test_what_the_lane_may_not_judge_goes_to_fastapi(
         ("/api/messages?scope=all", user.headers),
         (f"/api/messages/{one}?page=1", user.headers),  # a route without paging takes no query
         ("/api/messages/not-a-uuid", user.headers),
+        ("/api/messages/" + one.replace("-", ""), user.headers),  # a UUID, but not the lane's spelling
+        ("/api/messages/1234-5678-12345678-1234-567812345678", user.headers),  # uuid.UUID's, not pydantic's
         ("/api/messages", {}),  # no token
         ("/api/messages", {"Authorization": "Bearer not.a.token"}),
         ("/api/messages", {"Authorization": "Basic abc"}),
@@ -158,6 +160,8 @@ async def test_fastapi_still_answers_what_the_lane_passes_on(client: httpx.Async
     resp = await client.get("/api/messages", headers={"Authorization": "Bearer not.a.token"})
     assert resp.status_code == 401 and resp.json()["code"] == "invalid_token"
     resp = await client.get("/api/messages/not-a-uuid", headers=user.headers)
+    assert resp.status_code == 422
+    resp = await client.get("/api/messages/1234-5678-12345678-1234-567812345678", headers=user.headers)
     assert resp.status_code == 422
     drafts = await client.get("/api/messages?status=draft&page_size=2", headers=user.headers)
     assert drafts.status_code == 200 and len(drafts.json()["items"]) == 2

@@ -8,7 +8,7 @@ API against the same read served by a bare ASGI application: its "HTTP floor").
 A route marked `@fast_lane` is still declared, documented and served by FastAPI. This middleware
 calls the *same endpoint function* directly when a request leaves FastAPI nothing to decide:
 
-- a GET on the route's path whose path parameters parse (UUIDs), with a bearer token that
+- a GET on the route's path whose path parameters are UUIDs (hyphenated), with a bearer token that
   verifies, and no query parameter but `page` and `page_size`, each given once as digits within
   the bounds PagingDep declares;
 - the endpoint's other parameters get their declared defaults, its CallerDep the verified
@@ -26,6 +26,7 @@ apply to its answers as to FastAPI's. tests/test_fast_lane.py holds its answers 
 from __future__ import annotations
 
 import inspect
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ from whatsched.api.errors import ApiError
 
 F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__whatsched_fast_lane__"
+# The one spelling of a UUID the lane reads itself (uuid.UUID accepts hyphens anywhere, pydantic
+# does not); any other goes to FastAPI, which decides.
+CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def fast_lane(endpoint: F) -> F:
@@ -148,10 +152,12 @@ class FastLane:
         for candidate in self.templated:
             found = candidate.route.path_regex.match(path)
             if found:
-                try:
-                    return candidate, {name: uuid.UUID(found[name]) for name in candidate.path_params}
-                except ValueError:
+                values = [found[name] for name in candidate.path_params]
+                if not all(CANONICAL_UUID.fullmatch(value) for value in values):
                     return None
+                return candidate, {
+                    name: uuid.UUID(value) for name, value in zip(candidate.path_params, values, strict=True)
+                }
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
