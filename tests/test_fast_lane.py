@@ -26,7 +26,7 @@ def the_lane(app: FastAPI) -> FastLane:
 
 
 @pytest.fixture
-def lane(app: FastAPI, client: httpx.AsyncClient) -> FastLane:
+def lane(app: FastAPI) -> FastLane:
     return the_lane(app)
 
 
@@ -40,14 +40,6 @@ class Behind:
         self.reached.append(scope["path"] + "?" + scope.get("query_string", b"").decode())
         await send({"type": "http.response.start", "status": 599, "headers": []})
         await send({"type": "http.response.body", "body": b""})
-
-
-@pytest.fixture
-def fastapi_only(lane: FastLane, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The lane serves nothing: every request goes to FastAPI."""
-    monkeypatch.setattr(lane, "exact", {})
-    monkeypatch.setattr(lane, "templated", [])
-    yield
 
 
 @pytest.fixture

@@ -62,15 +62,37 @@ class Bounds:
 
 
 @dataclass(frozen=True)
+class Paging:
+    """An endpoint's PagingDep: its parameter name and the bounds page_params declares."""
+
+    name: str
+    page: Bounds
+    page_size: Bounds
+
+    def read(self, query: bytes) -> deps.PageParams | None:
+        """The page a query string asks for (the defaults for what it leaves out), or None when it
+        holds anything FastAPI must judge."""
+        given: dict[bytes, int] = {}
+        for pair in query.split(b"&") if query else ():
+            name, _, value = pair.partition(b"=")
+            if name not in (b"page", b"page_size") or name in given or not value.isdigit() or len(value) > 9:
+                return None
+            given[name] = int(value)
+        page = given.get(b"page", self.page.default)
+        size = given.get(b"page_size", self.page_size.default)
+        if not (self.page.low <= page <= self.page.high and self.page_size.low <= size <= self.page_size.high):
+            return None
+        return deps.PageParams(page=page, page_size=size)
+
+
+@dataclass(frozen=True)
 class FastRoute:
     route: APIRoute
     defaults: dict[str, Any]  # the endpoint's query parameters, at their declared defaults
     path_params: tuple[str, ...]  # UUIDs
     who: str
     res: str | None
-    paging: str | None
-    page: Bounds | None
-    page_size: Bounds | None
+    paging: Paging | None
 
 
 def _bounds(dependant: Dependant, name: str) -> Bounds:
@@ -90,13 +112,13 @@ def compile_route(route: APIRoute) -> FastRoute:
         if field.field_info.annotation is not uuid.UUID:
             raise RuntimeError(f"{route.path}: the fast lane parses UUID path parameters only")
     named: dict[Any, str] = {}
-    paging_dependant: Dependant | None = None
+    paging: Paging | None = None
     for sub in d.dependencies:
         if sub.call not in (deps.caller, deps.resources, deps.page_params) or sub.name is None:
             raise RuntimeError(f"{route.path}: the fast lane cannot provide the dependency {sub.call!r}")
         named[sub.call] = sub.name
         if sub.call is deps.page_params:
-            paging_dependant = sub
+            paging = Paging(sub.name, _bounds(sub, "page"), _bounds(sub, "page_size"))
     if deps.caller not in named:
         raise RuntimeError(f"{route.path}: the fast lane serves authenticated reads only")
     return FastRoute(
@@ -105,9 +127,7 @@ def compile_route(route: APIRoute) -> FastRoute:
         path_params=tuple(f.name for f in d.path_params),
         who=named[deps.caller],
         res=named.get(deps.resources),
-        paging=named.get(deps.page_params),
-        page=_bounds(paging_dependant, "page") if paging_dependant else None,
-        page_size=_bounds(paging_dependant, "page_size") if paging_dependant else None,
+        paging=paging,
     )
 
 
@@ -118,24 +138,6 @@ def marked_routes(routers: Iterable[APIRouter]) -> list[FastRoute]:
         for r in router.routes
         if isinstance(r, APIRoute) and getattr(r.endpoint, MARK, False)
     ]
-
-
-def _page(query: bytes, route: FastRoute) -> deps.PageParams | bool | None:
-    """The page a query string asks for (a default page when it is empty), or False when it holds
-    anything FastAPI must judge."""
-    if route.page is None or route.page_size is None:
-        return False if query else None
-    given: dict[bytes, int] = {}
-    for pair in query.split(b"&") if query else ():
-        name, _, value = pair.partition(b"=")
-        if name not in (b"page", b"page_size") or name in given or not value.isdigit() or len(value) > 9:
-            return False
-        given[name] = int(value)
-    page = given.get(b"page", route.page.default)
-    size = given.get(b"page_size", route.page_size.default)
-    if not (route.page.low <= page <= route.page.high and route.page_size.low <= size <= route.page_size.high):
-        return False
-    return deps.PageParams(page=page, page_size=size)
 
 
 class FastLane:
@@ -160,30 +162,43 @@ class FastLane:
                 }
         return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _call(self, scope: Scope, receive: Receive) -> tuple[APIRoute, Request, dict[str, Any]] | None:
+        """The route, request and arguments to call its endpoint with, or None when FastAPI must
+        judge the request."""
         matched = self._match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
         if matched is None:
-            await self.app(scope, receive, send)
-            return
+            return None
         route, path_params = matched
-        page = _page(scope.get("query_string", b""), route)
-        if page is False:
-            await self.app(scope, receive, send)
-            return
+        query: bytes = scope.get("query_string", b"")
+        page: deps.PageParams | None = None
+        if route.paging is None:
+            if query:  # a route without paging reads no query parameter here
+                return None
+        else:
+            page = route.paging.read(query)
+            if page is None:
+                return None
         request = Request(scope, receive)
         try:
             who = await deps.caller(request)
         except ApiError:  # no token, or one that does not verify: FastAPI answers 401
-            await self.app(scope, receive, send)
-            return
+            return None
         kwargs: dict[str, Any] = {**route.defaults, **path_params, route.who: who}
         if route.res is not None:
             kwargs[route.res] = deps.resources_of(request)
         if route.paging is not None:
-            kwargs[route.paging] = page
-        scope["route"] = route.route
+            kwargs[route.paging.name] = page
+        return route.route, request, kwargs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        call = await self._call(scope, receive)
+        if call is None:
+            await self.app(scope, receive, send)
+            return
+        route, request, kwargs = call
+        scope["route"] = route
         try:
-            response = await route.route.endpoint(**kwargs)
+            response = await route.endpoint(**kwargs)
         except Exception as exc:
             handler = _handler(scope, exc)
             if handler is None:
