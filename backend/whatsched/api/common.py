@@ -13,9 +13,11 @@ from pydantic import BaseModel, BeforeValidator
 
 from whatsched import audit
 from whatsched.api.deps import Caller
+from whatsched.api.errors import ApiError
+from whatsched.auth.queries import is_admin
 from whatsched.models import UtcDateTime, utc_iso
 
-__all__ = ["Page", "QueryDate", "QueryDateTime", "UtcDateTime", "audit_action", "pg_json", "utc_iso"]
+__all__ = ["Page", "QueryDate", "QueryDateTime", "UtcDateTime", "audit_action", "pg_json", "read_all", "utc_iso"]
 
 T = TypeVar("T")
 
@@ -67,3 +69,11 @@ async def audit_action(
     caller's own transaction: it commits or rolls back with it. Table changes are audited by the
     database's triggers."""
     await audit.record(conn, action, actor_id=who.id, entity_type=entity_type, entity_id=entity_id, details=details)
+
+
+async def read_all(conn: asyncpg.Connection, who: Caller, entity: str, plural: str, q: str | None) -> None:
+    """A list asked with scope=all: admins only (403 otherwise), and the read of every user's
+    `plural` audited as `<entity>.read_all` in the caller's transaction."""
+    if not await is_admin(conn):
+        raise ApiError(403, "forbidden", f"Only an admin can list every user's {plural}.")
+    await audit_action(conn, who, f"{entity}.read_all", entity, None, {"q": q or ""})

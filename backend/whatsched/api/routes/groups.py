@@ -13,11 +13,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
-from whatsched.api.common import audit_action, pg_json
+from whatsched.api.common import pg_json, read_all
 from whatsched.api.deps import CallerDep, PagingDep, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.api.fast_lane import fast_lane
-from whatsched.auth.queries import is_admin
 from whatsched.directory import contacts, groups
 from whatsched.directory.models import (
     ContactPage,
@@ -59,10 +58,8 @@ async def list_groups(
     filters = groups.GroupFilters(q=q or None)
     async with caller_tx(res, who) as conn:
         if scope == "all":
-            if not await is_admin(conn):
-                raise ApiError(403, "forbidden", "Only an admin can list every user's groups.")
+            await read_all(conn, who, "group", "groups", q)
             filters.everyone = True
-            await audit_action(conn, who, "group.read_all", "group", None, {"q": q or ""})
         text = await groups.list_groups(conn, filters, sort, paging.page, paging.page_size)
     return pg_json(text)
 

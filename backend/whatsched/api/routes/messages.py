@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Body, Query, Response
 
-from whatsched.api.common import QueryDateTime, audit_action, pg_json
+from whatsched.api.common import QueryDateTime, audit_action, pg_json, read_all
 from whatsched.api.deps import CallerDep, PagingDep, Resources, ResourcesDep, UserConn, caller_tx
 from whatsched.api.errors import ApiError, rate_limit_headers, responses
 from whatsched.api.fast_lane import fast_lane
@@ -115,10 +115,8 @@ async def list_messages(
             conn, scheduled_from, scheduled_to, created_from, created_to
         )
         if scope == "all":
-            if not await is_admin(conn):
-                raise ApiError(403, "forbidden", "Only an admin can list every user's messages.")
+            await read_all(conn, who, "message", "messages", q)
             filters.everyone = True
-            await audit_action(conn, who, "message.read_all", "message", None, {"q": q or ""})
         text = await queries.list_messages(conn, filters, sort, paging.page, paging.page_size)
     return pg_json(text)
 
