@@ -9,6 +9,7 @@ what has none, and a probe planted in a rolled-back transaction shows the query 
 from __future__ import annotations
 
 import asyncpg
+from test_schema_lint import names, planted
 
 # Columns whose name is the whole story, wherever they appear. Anything else needs a comment.
 SELF_EVIDENT = ["id", "created_at", "updated_at", "created_by", "name", "description", "email"]
@@ -61,21 +62,6 @@ HOW = (
     "add `comment on table|view|column|function public.... is '...';` (one sentence, for the operator "
     "reading Supabase Studio) to the Comments section at the end of the migration that creates it"
 )
-
-
-async def names(conn: asyncpg.Connection, sql: str, *args: object) -> list[str]:
-    return [r["name"] for r in await conn.fetch(sql, *args)]
-
-
-async def planted(conn: asyncpg.Connection, setup: str, sql: str, *args: object) -> list[str]:
-    """What the rule lists with `setup` applied, in a transaction that is rolled back."""
-    tx = conn.transaction()
-    await tx.start()
-    try:
-        await conn.execute(setup)
-        return await names(conn, sql, *args)
-    finally:
-        await tx.rollback()
 
 
 async def test_the_rules_see_the_schema(admin: asyncpg.Connection) -> None:
