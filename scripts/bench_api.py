@@ -207,22 +207,18 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
             "PUBLIC_URL": public_url,
             "BRIDGE_URL": "http://127.0.0.1:9",
         }
-        command = ["-m", "uvicorn", "--factory", "whatsched.api.app:app", "--host", "127.0.0.1", "--port", str(port)]
-        command += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
-        api = await asyncio.create_subprocess_exec(sys.executable, *command, env=env, cwd=ROOT)
+
+        async def serve(factory: str, port: int, *extra: str) -> asyncio.subprocess.Process:
+            """One uvicorn server as the API runs (`--workers` processes, no access log)."""
+            command = ["-m", "uvicorn", "--factory", factory, *extra, "--host", "127.0.0.1", "--port", str(port)]
+            command += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
+            return await asyncio.create_subprocess_exec(sys.executable, *command, env=env, cwd=ROOT)
+
+        api = await serve("whatsched.api.app:app", port)
         print(f"API process {api.pid} on {public_url}", flush=True)
-        http_url = f"http://127.0.0.1:{free_port()}"
-        floor_command = [
-            "-m",
-            "uvicorn",
-            "--factory",
-            "bench_api_http_floor:create",
-            "--app-dir",
-            str(ROOT / "scripts"),
-        ]
-        floor_command += ["--host", "127.0.0.1", "--port", http_url.rsplit(":", 1)[1]]
-        floor_command += ["--workers", str(args.workers), "--no-access-log", "--log-level", "warning"]
-        http_floor = await asyncio.create_subprocess_exec(sys.executable, *floor_command, env=env, cwd=ROOT)
+        http_port = free_port()
+        http_url = f"http://127.0.0.1:{http_port}"
+        http_floor = await serve("bench_api_http_floor:create", http_port, "--app-dir", str(ROOT / "scripts"))
         print(f"HTTP floor process {http_floor.pid} on {http_url}", flush=True)
 
         # The floor: the API's own transaction, in this process, with as many connections as the
@@ -332,23 +328,20 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
             last: dict[tuple[str, str, int], Figure] = {}
             for n in range(1, args.rounds + 1):
                 for read in reads:
-                    for clients, ratios, measure in (
-                        (args.concurrency, read.throughput, "rate"),
-                        (args.light, read.p99, "p99"),
-                    ):
+                    for clients, by_rate in ((args.concurrency, True), (args.light, False)):
                         api_fig = await read.api(clients, args.duration)
                         http_fig = await read.http(clients, args.duration)
                         floor_fig = await read.floor(clients, args.duration)
                         last[(read.name, "api", clients)] = api_fig
                         last[(read.name, "floor", clients)] = floor_fig
-
-                        def ratio(a: Figure, b: Figure, by_rate: bool = measure == "rate") -> float:
-                            return a.rate / b.rate if by_rate else a.p99_ms / b.p99_ms
-
-                        ratios.append(ratio(api_fig, floor_fig))
-                        rate = measure == "rate"
-                        (read.http_throughput if rate else read.http_p99).append(ratio(http_fig, floor_fig))
-                        (read.over_http_throughput if rate else read.over_http_p99).append(ratio(api_fig, http_fig))
+                        ratios = (
+                            (read.throughput, read.http_throughput, read.over_http_throughput)
+                            if by_rate
+                            else (read.p99, read.http_p99, read.over_http_p99)
+                        )
+                        pairs = ((api_fig, floor_fig), (http_fig, floor_fig), (api_fig, http_fig))
+                        for into, (a, b) in zip(ratios, pairs, strict=True):
+                            into.append(a.rate / b.rate if by_rate else a.p99_ms / b.p99_ms)
                         print(
                             f"  round {n} {read.name:<25} {clients:>3} clients:"
                             + "".join(
@@ -356,10 +349,10 @@ async def measure(args: argparse.Namespace, db: benchlib.Throwaway, data_dir: Pa
                                 f" ({fig.cpu_us:4.0f} µs CPU) |"
                                 for label, fig in (("API", api_fig), ("HTTP floor", http_fig), ("floor", floor_fig))
                             )
-                            + f" {'throughput' if rate else 'p99'} API/floor {ratios[-1]:.2f}",
+                            + f" {'throughput' if by_rate else 'p99'} API/floor {ratios[0][-1]:.2f}",
                             flush=True,
                         )
-                        if rate:
+                        if by_rate:
                             read.cpu.append((api_fig.cpu_us, http_fig.cpu_us, floor_fig.cpu_us))
 
         # What a round trip costs. Alone: an empty statement inside a user transaction, one client,

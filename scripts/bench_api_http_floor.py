@@ -3,9 +3,9 @@
     uvicorn --factory bench_api_http_floor:create --port PORT   (run by bench_api.py, from scripts/)
 
 A bare ASGI application on the same server as the API (uvicorn, httptools, uvloop, one process):
-it takes the bearer token, verifies it with the API's own Verifier (cached the same way), opens
-the API's own transaction (db.pool.begun_tx with the opening text built once per token), runs the
-API's own SQL (messages.queries) and answers its JSON bytes. No routing table, no dependency
+it takes the bearer token, verifies it with the API's own verifier (app.build_resources, cached
+the same way), opens the API's own transaction (db.pool.begun_tx with Caller.tx_begin, built once
+per token), runs the API's own SQL (messages.queries) and answers its JSON bytes. No routing table, no dependency
 injection, no validation of parameters, no middleware, no ETag: what any Python HTTP service
 doing this read must spend, so that API / HTTP floor is what the framework and our layers cost.
 
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
-from whatsched.auth.keys import local_signing_key
-from whatsched.auth.tokens import InvalidToken, Verifier
+from whatsched.api.app import build_resources
+from whatsched.api.deps import Caller, Resources
+from whatsched.auth.tokens import InvalidToken
+from whatsched.bridge_client import BridgeClient
 from whatsched.config import Settings, get_settings
-from whatsched.db.pool import begun_tx, create_pool, request_headers, user_begin
+from whatsched.db.pool import begun_tx, create_pool
 from whatsched.db.setup import resolve_app_url
 from whatsched.messages import queries
 
@@ -33,10 +33,7 @@ PREFIX = "/api/messages/"
 class HttpFloor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        key = local_signing_key(settings.data_dir, settings.jwt_secret)
-        self.verifier = Verifier(local_key=key, issuer=settings.effective_public_url + "/auth/v1")
-        self.pool: asyncpg.Pool | None = None
-        self.begin: dict[str, str] = {}
+        self.resources: Resources | None = None  # the API's own (its verifier and pool), made at startup
         self.list_sql, self.list_args = queries.list_query(queries.ListFilters(), "-created_at", 1, 20)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -56,16 +53,14 @@ class HttpFloor:
                 token = value.decode().partition(" ")[2].strip()
             elif name == b"user-agent":
                 agent = value.decode()
+        assert self.resources is not None
         try:
-            claims = await self.verifier.verify(token)
+            claims = await self.resources.verifier.verify(token)
         except InvalidToken:
             return 401, b'{"code": "invalid_token"}'
-        begin = self.begin.get(token)
-        if begin is None:
-            begin = self.begin[token] = user_begin(claims, request_headers(scope["client"][0], agent))
+        who = Caller(id=str(claims["sub"]), claims=claims, token=token, ip=scope["client"][0], user_agent=agent)
         path: str = scope["path"]
-        assert self.pool is not None
-        async with begun_tx(self.pool, begin) as conn:
+        async with begun_tx(self.resources.pool, who.tx_begin) as conn:
             if path == "/api/messages":
                 text = await conn.fetchval(self.list_sql, *self.list_args)
             elif path.startswith(PREFIX):
@@ -79,13 +74,15 @@ class HttpFloor:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 url = await resolve_app_url(self.settings)
-                self.pool = await create_pool(
+                pool = await create_pool(
                     url, min_size=2, max_size=10, user_statement_timeout=self.settings.user_statement_timeout
                 )
+                bridge = BridgeClient(self.settings.effective_bridge_url, self.settings.bridge_token)  # never called
+                self.resources = build_resources(self.settings, pool, bridge)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.pool is not None:
-                    await self.pool.close()
+                if self.resources is not None:
+                    await self.resources.pool.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
