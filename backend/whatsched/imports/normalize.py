@@ -48,6 +48,7 @@ BATCH_ROWS = 10_000
 FIRST_BATCH_ROWS = 2_000  # small, so Postgres starts writing as soon as a few numbers are parsed
 # Below this many distinct numbers one thread beats shipping them to other processes.
 PARALLEL_MIN_DISTINCT = 10_000
+CHUNK_MAX = 2_500  # distinct strings per parse job: small enough for both workers to share a batch
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class Validator:
         self.timings = Timings()
         self._name_label = " + ".join(plan.label(i) for i in plan.name)
         self._pooled = False
+        self._jobs: list[tuple[int, asyncio.Future[tuple[list[PhoneResult], float]]]] = []
+        self._next_job = 0  # the first job not yet read
+        self._parsed = 0  # the distinct strings [0, _parsed) are known
 
     # -- parsing ------------------------------------------------------------------------------
 
@@ -139,68 +143,85 @@ class Validator:
     def _parsed_at(self, _job: object) -> None:
         self.timings.parse_wall = max(self.timings.parse_wall, time.perf_counter() - self.timings.started)
 
-    def _submit(self) -> list[asyncio.Future[tuple[list[PhoneResult], float]]]:
-        """One parse job per batch (the strings first seen in it), all queued at once so the pool
-        works ahead of the writer; small files get one job in a thread."""
+    def _chunks(self) -> list[tuple[int, int]]:
+        """Parse jobs: each batch's new strings cut into at least one piece per worker (at most
+        CHUNK_MAX strings each), so the whole pool works on the batch the writer needs next."""
+        workers = phone_pool.workers()
+        out: list[tuple[int, int]] = []
+        for lo, hi in zip(self.edges, self.edges[1:], strict=False):
+            size = max(1, min(CHUNK_MAX, -(-(hi - lo) // workers)))
+            out += [(at, min(at + size, hi)) for at in range(lo, hi, size)]
+        return out
+
+    def _submit(self) -> list[tuple[int, asyncio.Future[tuple[list[PhoneResult], float]]]]:
+        """The parse jobs, each with the first distinct string it covers, all queued at once (in
+        order) so the pool works ahead of the writer; small files get one job in a thread."""
         self.timings.started = time.perf_counter()
-        jobs: list[asyncio.Future[tuple[list[PhoneResult], float]]]
+        jobs: list[tuple[int, asyncio.Future[tuple[list[PhoneResult], float]]]]
         if len(self.distinct) < PARALLEL_MIN_DISTINCT or phone_pool.workers() < 2:
-            jobs = [asyncio.ensure_future(asyncio.to_thread(parse_chunk, self.distinct, self.country))]
+            jobs = [(0, asyncio.ensure_future(asyncio.to_thread(parse_chunk, self.distinct, self.country)))]
         else:
             self._pooled = True
             loop = asyncio.get_running_loop()
             executor = phone_pool.POOL.get()
             jobs = [
-                loop.run_in_executor(executor, parse_chunk, self.distinct[lo:hi], self.country)
-                for lo, hi in zip(self.edges, self.edges[1:], strict=False)
+                (lo, loop.run_in_executor(executor, parse_chunk, self.distinct[lo:hi], self.country))
+                for lo, hi in self._chunks()
             ]
-        for job in jobs:
+        for _, job in jobs:
             job.add_done_callback(self._parsed_at)
         return jobs
 
-    async def batches(self, judge: NameJudge) -> AsyncGenerator[Batch, None]:
-        """The batches in order. `judge` should use a connection of its own: the names of batch
-        k + 1 are judged while the caller writes batch k."""
-        self._pooled = False
-        jobs = self._submit()
-        per_batch = len(jobs) == len(self.bounds)  # else one job covers every string
-        parsed = 0  # the distinct strings [0, parsed) are known
-        ready: Batch | None = None
-        deciding: asyncio.Future[Batch] | None = None
-        judging: asyncio.Future[Names | None] | None = None
+    async def _parse_through(self, needed: int) -> None:
+        """Wait until the distinct strings [0, needed) are parsed, filling them in job order."""
+        while self._parsed < needed:
+            lo, job = self._jobs[self._next_job]
+            try:
+                self._fill(lo, await job)
+            except BrokenProcessPool:
+                # A worker died (out of memory, killed): finish here rather than fail the import.
+                log.warning("imports: the phone parsing pool broke; parsing in the API process")
+                phone_pool.POOL.shutdown()
+                self._fill(
+                    self._parsed, await asyncio.to_thread(parse_chunk, self.distinct[self._parsed :], self.country)
+                )
+                self._parsed, self._next_job = len(self.distinct), len(self._jobs)
+                return
+            self._next_job += 1
+            self._parsed = self._jobs[self._next_job][0] if self._next_job < len(self._jobs) else len(self.distinct)
+
+    async def _prepared(self, k: int, judge: NameJudge) -> Batch:
+        """Batch k, ready to write: its names judged while its numbers finish parsing, then decided
+        in a thread. Batches are prepared one at a time, in order (`seen` and the invalid list
+        follow the file)."""
+        start, end = self.bounds[k]
+        judging = asyncio.ensure_future(self._judged_names(start, end, judge))
         try:
-            for k, (start, end) in enumerate(self.bounds):
-                judged = await (judging or self._judged_names(start, end, judge))
-                judging = None
-                if k + 1 < len(self.bounds):
-                    judging = asyncio.ensure_future(self._judged_names(*self.bounds[k + 1], judge))
-                if parsed < self.edges[k + 1]:
-                    try:
-                        self._fill(parsed, await jobs[k if per_batch else 0])
-                        parsed = self.edges[k + 1] if per_batch else len(self.distinct)
-                    except BrokenProcessPool:
-                        # A worker died (out of memory, killed): finish here rather than fail the import.
-                        log.warning("imports: the phone parsing pool broke; parsing in the API process")
-                        phone_pool.POOL.shutdown()
-                        rest = await asyncio.to_thread(parse_chunk, self.distinct[parsed:], self.country)
-                        self._fill(parsed, rest)
-                        parsed = len(self.distinct)
-                # Batch k is decided in a thread while the caller writes batch k - 1 (decisions stay
-                # in order: `seen` and the invalid list are only touched by one decision at a time).
-                deciding = asyncio.ensure_future(asyncio.to_thread(self._timed_decide, start, end, judged))
-                if ready is not None:
-                    yield ready
-                ready = await deciding
-            if ready is not None:
-                yield ready
+            await self._parse_through(self.edges[k + 1])
+            judged = await judging
         finally:
-            if deciding is not None and not deciding.done():
-                deciding.cancel()
-            # Left behind only when the import failed on its own account: stop it, or read its outcome
-            # (so asyncio does not report an exception nobody retrieved).
-            if judging is not None and not judging.cancel() and not judging.cancelled():
-                judging.exception()
-            for job in jobs:
+            if not judging.cancel() and not judging.cancelled():
+                judging.exception()  # read, so asyncio reports no exception nobody retrieved
+        return await asyncio.to_thread(self._timed_decide, start, end, judged)
+
+    async def batches(self, judge: NameJudge) -> AsyncGenerator[Batch, None]:
+        """The batches in order. `judge` should use a connection of its own: batch k + 1 is
+        prepared (names judged, numbers parsed, rows decided) while the caller writes batch k."""
+        self._pooled = False
+        self._jobs, self._next_job, self._parsed = self._submit(), 0, 0
+        preparing = asyncio.ensure_future(self._prepared(0, judge)) if self.bounds else None
+        try:
+            for k in range(len(self.bounds)):
+                assert preparing is not None
+                batch = await preparing
+                preparing = asyncio.ensure_future(self._prepared(k + 1, judge)) if k + 1 < len(self.bounds) else None
+                yield batch
+        finally:
+            # Left behind only when the import stopped early (it failed, or its caller left): stop
+            # it, or read its outcome (so asyncio does not report an exception nobody retrieved).
+            if preparing is not None and not preparing.cancel() and not preparing.cancelled():
+                preparing.exception()
+            for _, job in self._jobs:
                 if not job.done():
                     job.cancel()
             if self._pooled:
