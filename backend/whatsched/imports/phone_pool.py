@@ -118,5 +118,15 @@ POOL = PhonePool()
 
 
 def warm() -> None:
+    """Start the workers in a thread: the forkserver loads phonenumbers before it forks them
+    (~0.1-0.2 s) and the event loop should not wait for that; it overlaps reading the file."""
     if workers() > 1:
+        POOL.get()  # the executor is made here, on the caller's thread, so there is only ever one
+        threading.Thread(target=_warm_quietly, name="whatsched-phone-pool-warm", daemon=True).start()
+
+
+def _warm_quietly() -> None:
+    try:
         POOL.warm()
+    except RuntimeError:  # shut down or broken meanwhile: the import starts or parses it itself
+        pass
