@@ -16,6 +16,7 @@ import tempfile
 import uuid
 import zipfile
 from collections.abc import AsyncIterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -568,6 +569,17 @@ def _messy_phone(rng: random.Random, n: int) -> tuple[str, str]:
     return raw, e164
 
 
+def _large_book(rows: int) -> tuple[bytes, set[str]]:
+    """A CSV of `rows` contacts with distinct numbers in assorted formats, and their E.164 forms."""
+    rng = random.Random(6)
+    lines, expected = ["nombre,celular"], set()
+    for i in range(rows):
+        raw, e164 = _messy_phone(rng, 10_000_000 + i * 7)
+        lines.append(f"Persona {i},{raw}")
+        expected.add(e164)
+    return ("\n".join(lines) + "\n").encode(), expected
+
+
 async def test_large_file_progress_is_delivered_before_commit(
     client: httpx.AsyncClient,
     make_user: Any,
@@ -576,14 +588,8 @@ async def test_large_file_progress_is_delivered_before_commit(
     prepared: Any,
 ) -> None:
     user = await make_user()
-    rng = random.Random(6)
     rows = max(normalize.PARALLEL_MIN_DISTINCT + 2000, 12_000)  # enough distinct numbers for the process pool
-    lines, expected = ["nombre,celular"], set()
-    for i in range(rows):
-        raw, e164 = _messy_phone(rng, 10_000_000 + i * 7)
-        lines.append(f"Persona {i},{raw}")
-        expected.add(e164)
-    content = ("\n".join(lines) + "\n").encode()
+    content, expected = _large_book(rows)
 
     events: list[dict[str, Any]] = []
     first_batch_reported = asyncio.Event()
@@ -707,6 +713,59 @@ async def test_parsing_workers_exit_when_the_api_process_dies(tmp_path: Path) ->
             break
         await asyncio.sleep(0.1)
     assert all(_gone(pid) for pid in pids)
+
+
+async def test_a_pool_whose_worker_died_while_idle_is_replaced(
+    client: httpx.AsyncClient, make_user: Any, admin: asyncpg.Connection
+) -> None:
+    """A parsing worker killed between imports (the OOM killer, an operator) breaks the pool: the
+    next import starts a fresh one instead of failing."""
+    user = await make_user()
+    victim = phone_pool.POOL.warm()[0].result(timeout=30)
+    broken = phone_pool.POOL.executor
+    os.kill(victim, 9)
+    for _ in range(100):  # the pool notices the death on its own thread
+        try:
+            assert broken is not None
+            broken.submit(os.getpid).result(timeout=5)
+        except BrokenProcessPool:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the pool did not notice its dead worker")
+    content, expected = _large_book(normalize.PARALLEL_MIN_DISTINCT + 2000)
+    body = await imported(client, user, content, "grande.csv")
+    assert counts(body) == (len(expected), len(expected), 0, 0, 0, 0)
+    assert set(await book(admin, user.id)) == expected
+    assert phone_pool.POOL.executor is not None and phone_pool.POOL.executor is not broken
+
+
+async def test_a_worker_dying_mid_import_leaves_the_rest_to_the_api_process(
+    client: httpx.AsyncClient,
+    make_user: Any,
+    admin: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker that dies with parse jobs queued: the numbers not yet parsed are parsed in the API
+    process, and the import answers as if nothing happened."""
+    user = await make_user()
+    submit, submitted = phone_pool.PhonePool.submit, []
+
+    def submit_then_die(pool: phone_pool.PhonePool, fn: Any, *args: Any) -> Any:
+        submitted.append(fn)
+        if len(submitted) == 3:  # the worker that takes this exits at once, other jobs still queued
+            submit(pool, os._exit, 1)
+        return submit(pool, fn, *args)
+
+    monkeypatch.setattr(phone_pool.PhonePool, "submit", submit_then_die)
+    content, expected = _large_book(3 * normalize.PARALLEL_MIN_DISTINCT)
+    with caplog.at_level("WARNING", logger="whatsched.imports"):
+        body = await imported(client, user, content, "grande.csv")
+    assert "the phone parsing pool broke; parsing in the API process" in caplog.text
+    assert counts(body) == (len(expected), len(expected), 0, 0, 0, 0)
+    assert set(await book(admin, user.id)) == expected
+    assert len(submitted) > 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,10 +162,8 @@ class Validator:
             jobs = [(0, asyncio.ensure_future(asyncio.to_thread(parse_chunk, self.distinct, self.country)))]
         else:
             self._pooled = True
-            loop = asyncio.get_running_loop()
-            executor = phone_pool.POOL.get()
             jobs = [
-                (lo, loop.run_in_executor(executor, parse_chunk, self.distinct[lo:hi], self.country))
+                (lo, asyncio.wrap_future(phone_pool.POOL.submit(parse_chunk, self.distinct[lo:hi], self.country)))
                 for lo, hi in self._chunks()
             ]
         for _, job in jobs:

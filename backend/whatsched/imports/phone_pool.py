@@ -14,13 +14,17 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 import psutil
 
 from whatsched.phones import normalize
 
 PhoneResult = tuple[str | None, str | None]  # (e164, reason)
+T = TypeVar("T")
 IDLE_SHUTDOWN_S = 300.0
 WORKER_NICENESS = 5
 
@@ -89,6 +93,15 @@ class PhonePool:
                 self._exit_hook = True
         self.last_used = time.monotonic()
         return self.executor
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """`fn(*args)` in a worker. A pool that broke while idle (a worker killed, out of memory)
+        is replaced by a fresh one rather than failing the import that finds it."""
+        try:
+            return self.get().submit(fn, *args)
+        except BrokenProcessPool:
+            self.shutdown()
+            return self.get().submit(fn, *args)
 
     def warm(self) -> list[Future[int]]:
         """Start the workers now, so their start-up overlaps reading the file."""
