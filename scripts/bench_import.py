@@ -10,7 +10,7 @@ spaces, dashes, dots or parentheses, with a 00 prefix; 5 % invalid (too short, l
 lines, empty) and 5 % repeating an earlier number in another format. Each run uploads the file
 (multipart; with --group, into a group) and waits for the answer, while a sampler reads the RSS
 of the API process and of its children (the phone-parsing workers) every 10 ms. Run 1 is a first
-import (cold worker pool, pandas not yet loaded); later runs send the same numbers with every name
+import (cold worker pool; the API loaded pandas at startup); later runs send the same numbers with every name
 changed, with on_duplicate=update, so every contact is really updated.
 
 Prints, per run: end-to-end seconds, rows/s, peak RSS of the API process alone and with its
