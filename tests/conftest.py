@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import tempfile
@@ -88,24 +89,29 @@ async def admin(prepared: Prepared) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-async def healthy_default_number(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+def healthy_default_number(request: pytest.FixtureRequest) -> Iterator[None]:
     """Each test module leaves the default WhatsApp number healthy for the next: tests that report
     disconnects or refusals pause it by the health rule (as they should), and the next module's
-    campaigns would then wait for a person. Only modules that used the database."""
-    yield
+    campaigns would then wait for a person. Only modules that use the database (asked for before
+    the module's tests: pytest no longer lets a teardown request a fixture)."""
     used = any(
         item.module is request.module and "prepared" in getattr(item, "fixturenames", ())
         for item in request.session.items
     )
-    if used:
-        from bridge_process import heal_default_number
+    prepared: Prepared | None = request.getfixturevalue("prepared") if used else None
+    yield
+    if prepared is not None:
+        asyncio.run(_heal_default_number(prepared.admin_url))
 
-        prepared: Prepared = request.getfixturevalue("prepared")
-        conn = await asyncpg.connect(prepared.admin_url)
-        try:
-            await heal_default_number(conn)
-        finally:
-            await conn.close()
+
+async def _heal_default_number(admin_url: str) -> None:
+    from bridge_process import heal_default_number
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await heal_default_number(conn)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="module")
