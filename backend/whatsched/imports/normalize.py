@@ -130,7 +130,6 @@ class Validator:
         self._pooled = False
         self._jobs: list[tuple[int, asyncio.Future[tuple[list[PhoneResult], float]]]] = []
         self._next_job = 0  # the first job not yet read
-        self._parsed = 0  # the distinct strings [0, _parsed) are known
 
     # -- parsing ------------------------------------------------------------------------------
 
@@ -170,6 +169,11 @@ class Validator:
             job.add_done_callback(self._parsed_at)
         return jobs
 
+    @property
+    def _parsed(self) -> int:
+        """The distinct strings [0, _parsed) are known: those of the jobs already read."""
+        return self._jobs[self._next_job][0] if self._next_job < len(self._jobs) else len(self.distinct)
+
     async def _parse_through(self, needed: int) -> None:
         """Wait until the distinct strings [0, needed) are parsed, filling them in job order."""
         while self._parsed < needed:
@@ -180,13 +184,10 @@ class Validator:
                 # A worker died (out of memory, killed): finish here rather than fail the import.
                 log.warning("imports: the phone parsing pool broke; parsing in the API process")
                 phone_pool.POOL.shutdown()
-                self._fill(
-                    self._parsed, await asyncio.to_thread(parse_chunk, self.distinct[self._parsed :], self.country)
-                )
-                self._parsed, self._next_job = len(self.distinct), len(self._jobs)
+                self._fill(lo, await asyncio.to_thread(parse_chunk, self.distinct[lo:], self.country))
+                self._next_job = len(self._jobs)
                 return
             self._next_job += 1
-            self._parsed = self._jobs[self._next_job][0] if self._next_job < len(self._jobs) else len(self.distinct)
 
     async def _prepared(self, k: int, judge: NameJudge) -> Batch:
         """Batch k, ready to write: its names judged while its numbers finish parsing, then decided
@@ -206,7 +207,7 @@ class Validator:
         """The batches in order. `judge` should use a connection of its own: batch k + 1 is
         prepared (names judged, numbers parsed, rows decided) while the caller writes batch k."""
         self._pooled = False
-        self._jobs, self._next_job, self._parsed = self._submit(), 0, 0
+        self._jobs, self._next_job = self._submit(), 0
         preparing = asyncio.ensure_future(self._prepared(0, judge)) if self.bounds else None
         try:
             for k in range(len(self.bounds)):
