@@ -127,6 +127,9 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     allowed_origins: str = "http://localhost:3000"
+    # FastAPI's native OpenTelemetry (spans, metrics and logs to the global providers). Off, the
+    # API skips its per-request check for a configured provider; /metrics (Prometheus) is always on.
+    api_opentelemetry: bool = False
 
     # Careful sending
     send_spacing_min_s: float = Field(default=8.0, ge=0)

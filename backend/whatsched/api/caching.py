@@ -8,12 +8,29 @@ weak ETag of its body; a matching If-None-Match turns it into 304 with no body.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-DYNAMIC = "no-cache, must-revalidate"
+DYNAMIC = b"no-cache, must-revalidate"
 MAX_BUFFERED = 4 * 1024 * 1024  # larger bodies (exports) stream through untouched
+
+# ASGI header names are lower-case bytes, requests' and responses' alike, so they are compared
+# as they are (no Headers object to build per message on the hot reads).
+Raw = list[tuple[bytes, bytes]]
+
+
+def _value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    return next((value for key, value in headers if key == name), None)
+
+
+def _with_default(message: Message, name: bytes, value: bytes) -> Raw:
+    """The response's headers as a list, with `name: value` added unless the route set it."""
+    headers: Raw = list(message.get("headers", ()))
+    message["headers"] = headers
+    if _value(headers, name) is None:
+        headers.append((name, value))
+    return headers
 
 
 class CacheHeaders:
@@ -28,14 +45,13 @@ class CacheHeaders:
 
             async def send_with_cache_control(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    headers = MutableHeaders(scope=message)
-                    headers.setdefault("Cache-Control", "no-store")
+                    _with_default(message, b"cache-control", b"no-store")
                 await send(message)
 
             await self.app(scope, receive, send_with_cache_control)
             return
 
-        if_none_match = Headers(scope=scope).get("if-none-match")
+        if_none_match = _value(scope["headers"], b"if-none-match")
         start: Message | None = None
         chunks: list[bytes] = []
         size = 0
@@ -44,9 +60,8 @@ class CacheHeaders:
         async def buffered(message: Message) -> None:
             nonlocal start, size, passthrough
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("Cache-Control", DYNAMIC)
-                cacheable = message["status"] == 200 and "content-disposition" not in headers
+                headers = _with_default(message, b"cache-control", DYNAMIC)
+                cacheable = message["status"] == 200 and _value(headers, b"content-disposition") is None
                 if not cacheable:
                     passthrough = True
                     await send(message)
@@ -67,16 +82,16 @@ class CacheHeaders:
             if more:
                 return
             body = b"".join(chunks)
-            etag = 'W/"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-            headers = MutableHeaders(scope=start)
-            headers["ETag"] = etag
-            if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+            etag = b'W/"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
+            kept = [(key, value) for key, value in start["headers"] if key != b"etag"]
+            if if_none_match and etag in [t.strip() for t in if_none_match.split(b",")]:
                 start["status"] = 304
-                del headers["content-length"]
-                del headers["content-type"]
+                start["headers"] = [(k, v) for k, v in kept if k not in (b"content-length", b"content-type")]
+                start["headers"].append((b"etag", etag))
                 await send(start)
                 await send({"type": "http.response.body", "body": b""})
                 return
+            start["headers"] = [*kept, (b"etag", etag)]
             await send(start)
             await send({"type": "http.response.body", "body": body})
 

@@ -90,7 +90,7 @@ def resources(document: Mapping[str, Any]) -> list[Resource]:
 
 def repeated(query_string: bytes, single_valued: frozenset[str]) -> list[tuple[str, int]]:
     """The single-valued parameters a query string gives more than once, with how many times."""
-    if not single_valued or not query_string:
+    if not single_valued or b"&" not in query_string:  # one parameter cannot be repeated
         return []
     counts = Counter(name for name, _ in QueryParams(query_string).multi_items() if name in single_valued)
     return [(name, n) for name, n in counts.items() if n > 1]

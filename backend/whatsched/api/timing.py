@@ -4,10 +4,13 @@ method and status (the time until the last body byte is sent, streamed exports i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from whatsched.metrics import REQUEST_LATENCY
+
+Observe = Callable[[float], None]
 
 # Paths no route matched share one label, so random URLs cannot grow the series without bound.
 UNMATCHED = "unmatched"
@@ -20,9 +23,19 @@ def route_template(scope: Scope) -> str:
     return template if isinstance(template, str) and template else UNMATCHED
 
 
+def _series(key: tuple[str, str, str], known: dict[tuple[str, str, str], Observe]) -> Observe:
+    """The histogram of one method, route template and status (`labels()` takes a lock and builds
+    its key on every call; the series are as few as the routes, so each is looked up once)."""
+    observe = known.get(key)
+    if observe is None:
+        observe = known[key] = REQUEST_LATENCY.labels(*key).observe
+    return observe
+
+
 class RequestTiming:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.series: dict[tuple[str, str, str], Observe] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,4 +55,4 @@ class RequestTiming:
             await self.app(scope, receive, observed)
         finally:
             elapsed = time.perf_counter() - start
-            REQUEST_LATENCY.labels(scope["method"], route_template(scope), str(status)).observe(elapsed)
+            _series((scope["method"], route_template(scope), str(status)), self.series)(elapsed)
