@@ -315,6 +315,32 @@ async def test_etag_answers_304_until_the_message_changes(client: httpx.AsyncCli
     assert changed.headers["etag"] != etag
 
 
+async def test_cache_headers_as_the_guide_prescribes(client: httpx.AsyncClient, make_user: Any) -> None:
+    """Reads revalidate, writes are never stored, a route's own Cache-Control wins, and a 304
+    carries its ETag and no body headers."""
+    user = await make_user()
+    created = await client.post("/api/messages", json={"content": "Hola"}, headers=user.headers)
+    assert created.status_code == 201 and created.headers["cache-control"] == "no-store"
+    assert "etag" not in created.headers  # only a GET's 200 gets one
+    read = await client.get(f"/api/messages/{created.json()['id']}", headers=user.headers)
+    assert read.headers["cache-control"] == "no-cache, must-revalidate"
+    assert re.fullmatch(r'W/"[0-9a-f]{24}"', read.headers["etag"])
+    assert read.headers.get_list("etag") == [read.headers["etag"]] and read.headers.get_list("cache-control") == [
+        "no-cache, must-revalidate"
+    ]
+    same = await client.get(
+        f"/api/messages/{created.json()['id']}",
+        headers={**user.headers, "If-None-Match": f'"x", {read.headers["etag"]}'},
+    )
+    assert same.status_code == 304 and same.headers["etag"] == read.headers["etag"]
+    assert "content-type" not in same.headers and same.headers.get("content-length", "0") == "0"
+    assert same.headers["cache-control"] == "no-cache, must-revalidate"
+    me = await client.get("/api/auth/me", headers=user.headers)
+    assert me.headers.get_list("cache-control") == ["private, max-age=300"]
+    missing = await client.get(f"/api/messages/{uuid.uuid4()}", headers=user.headers)
+    assert missing.status_code == 404 and "etag" not in missing.headers
+
+
 # -----------------------------------------------------------------------------------------------
 # The list
 # -----------------------------------------------------------------------------------------------
