@@ -458,8 +458,7 @@ def measure(
                     benchlib.record("import", "floor: phone parsing CPU / cores", cpu / cores, "s", "")
                     benchlib.record("import", "end to end / floor", elapsed / floor, "x", "<= 1.3")
                     if copy_cpu is not None:
-                        benchlib.record("import", "import CPU / floor CPU", total_cpu / (copy_cpu + cpu), "x", "")
-                        shared = (copy_cpu + cpu) / cores
+                        benchlib.record("import", "import CPU / floor CPU", total_cpu / work, "x", "")
                         benchlib.record("import", "shared-cores bound / floor", shared / floor, "x", "")
             if args.index_costs:
                 index_costs(admin_url, owner, other, args.index_costs)

@@ -83,15 +83,13 @@ class CacheHeaders:
                 return
             body = b"".join(chunks)
             etag = b'W/"' + hashlib.blake2b(body, digest_size=12).hexdigest().encode() + b'"'
-            kept = [(key, value) for key, value in start["headers"] if key != b"etag"]
-            if if_none_match and etag in [t.strip() for t in if_none_match.split(b",")]:
+            not_modified = if_none_match is not None and etag in [t.strip() for t in if_none_match.split(b",")]
+            # Ours replaces a route's ETag; a 304 carries no body, so nor its length and type.
+            dropped = (b"etag", b"content-length", b"content-type") if not_modified else (b"etag",)
+            start["headers"] = [(k, v) for k, v in start["headers"] if k not in dropped] + [(b"etag", etag)]
+            if not_modified:
                 start["status"] = 304
-                start["headers"] = [(k, v) for k, v in kept if k not in (b"content-length", b"content-type")]
-                start["headers"].append((b"etag", etag))
-                await send(start)
-                await send({"type": "http.response.body", "body": b""})
-                return
-            start["headers"] = [*kept, (b"etag", etag)]
+                body = b""
             await send(start)
             await send({"type": "http.response.body", "body": body})
 

@@ -23,19 +23,18 @@ def route_template(scope: Scope) -> str:
     return template if isinstance(template, str) and template else UNMATCHED
 
 
-def _series(key: tuple[str, str, str], known: dict[tuple[str, str, str], Observe]) -> Observe:
-    """The histogram of one method, route template and status (`labels()` takes a lock and builds
-    its key on every call; the series are as few as the routes, so each is looked up once)."""
-    observe = known.get(key)
-    if observe is None:
-        observe = known[key] = REQUEST_LATENCY.labels(*key).observe
-    return observe
-
-
 class RequestTiming:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.series: dict[tuple[str, str, str], Observe] = {}
+
+    def _observe(self, key: tuple[str, str, str]) -> Observe:
+        """The histogram of one method, route template and status (`labels()` takes a lock and
+        builds its key on every call; the series are as few as the routes, so each is looked up once)."""
+        observe = self.series.get(key)
+        if observe is None:
+            observe = self.series[key] = REQUEST_LATENCY.labels(*key).observe
+        return observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,4 +54,4 @@ class RequestTiming:
             await self.app(scope, receive, observed)
         finally:
             elapsed = time.perf_counter() - start
-            _series((scope["method"], route_template(scope), str(status)), self.series)(elapsed)
+            self._observe((scope["method"], route_template(scope), str(status)))(elapsed)
