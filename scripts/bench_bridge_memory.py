@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +27,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from whatsched.db.embedded import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-bridge-token"
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def status(url: str) -> dict[str, object] | None:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,17 +27,12 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 
+from whatsched.db.embedded import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 BRIDGE_MAIN = REPO / "bridge" / "src" / "main.js"
 DEFAULT_TOKEN = "dev-bridge-token"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, lines: int = 40) -> str:

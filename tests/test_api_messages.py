@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ import pytest
 
 from whatsched.api.deps import Resources
 from whatsched.bridge_client import BridgeClient
+from whatsched.db.embedded import free_port
 
 MESSAGE_KEYS = {
     "id",
@@ -605,17 +605,10 @@ async def test_disconnected_whatsapp_schedules_with_a_warning_and_notification(
     assert str(note["related_entity_id"]) == msg["id"] and note["title"] and note["message"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def bridge(res: Resources) -> AsyncIterator[BridgeClient]:
     """The real Node bridge (simulator driver), swapped into the app for one test."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="whatsched-bridge-") as folder:
         env = {
             **os.environ,

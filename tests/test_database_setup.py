@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from whatsched.db import bootstrap, migrate
+from whatsched.db.embedded import free_port
 from whatsched.db.setup import Prepared
 from whatsched.errors import ConfigError
 
@@ -166,3 +167,11 @@ async def test_profile_timezones_are_checked_by_the_database(admin: asyncpg.Conn
     await admin.execute("update public.profiles set timezone = 'America/Santiago' where id = $1::uuid", user.id)
     with pytest.raises(asyncpg.CheckViolationError):
         await admin.execute("update public.profiles set timezone = 'Mars/Olympus' where id = $1::uuid", user.id)
+
+
+def test_free_ports_are_never_handed_out_twice() -> None:
+    """Servers started one after the other (the embedded PostgreSQL, API processes, bridges) each
+    ask for a free port before any of them binds it; the kernel may offer the same port again, and
+    two API processes of one test were once both given 53583."""
+    ports = [free_port() for _ in range(1_000)]
+    assert len(set(ports)) == len(ports)
