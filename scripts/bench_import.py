@@ -398,13 +398,12 @@ class Round:
         return max(self.copy_s, self.parse_cpu / cores)
 
 
-async def sql_floor(
-    app_url: str, admin_url: str, owner: str, other: str, other_token: str
-) -> tuple[float, float | None]:
+async def sql_floor(app_url: str, admin_url: str, owner: str, other_token: str) -> tuple[float, float | None]:
     """Seconds the import's own writes take with the numbers already parsed: the rows `owner` has
-    (what the import accepted), in the file's order and in the import's batch sizes, written by
-    `whatsched.imports.writer` as `other` in one transaction as that user (RLS, the same
-    statements), rolled back; wall time and the server process's CPU time. Then VACUUM."""
+    (what the import accepted), shuffled as the file's are, cut into batches of the import's sizes
+    (counted in accepted rows) and written by `whatsched.imports.writer` as the second user (the
+    token's) in one transaction as that user (RLS, the same statements), rolled back; wall time
+    and the server process's CPU time. Then VACUUM."""
     admin = await asyncpg.connect(admin_url)
     pool = await create_pool(app_url, min_size=1, max_size=1)
     try:
@@ -562,7 +561,7 @@ def measure(
                     )
                 if first:
                     sql_s, sql_cpu = asyncio.run(
-                        sql_floor(users.app_url, users.admin_url, users.owner, users.other, users.other_token)
+                        sql_floor(users.app_url, users.admin_url, users.owner, users.other_token)
                     )
                     sql_server = f" ({sql_cpu:.2f} CPU-s in the server)" if sql_cpu is not None else ""
                     print(
@@ -600,7 +599,7 @@ def summarize(rounds: list[Round], cores: int) -> None:
     ratio = [r.elapsed / r.floor(cores) for r in rounds]
     sql_copy = [r.sql_s / r.copy_s for r in rounds]
     end_sql = [r.elapsed / r.sql_s for r in rounds]
-    print(f"\nfirst import, median of {len(rounds)} rounds (spread):")
+    print(f"\nfirst import, median of {len(rounds)} round{'s' if len(rounds) > 1 else ''} (spread):")
     print(
         f"  end to end        {spread([r.elapsed for r in rounds])} s; floor {spread([r.floor(cores) for r in rounds])} s"
     )
