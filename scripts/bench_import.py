@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import itertools
 import os
 import random
 import socket
@@ -70,10 +69,10 @@ import psutil
 from whatsched.auth.keys import local_signing_key
 from whatsched.auth.local import LocalProvider
 from whatsched.db.embedded import free_port
-from whatsched.db.pool import create_pool, user_tx
+from whatsched.db.pool import create_pool, user_begin
 from whatsched.db.setup import Prepared
 from whatsched.imports import writer
-from whatsched.imports.normalize import BATCH_ROWS, FIRST_BATCH_ROWS, Batch
+from whatsched.imports.normalize import Batch, batch_bounds
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -395,15 +394,20 @@ class Round:
     sql_cpu: float | None
 
     def floor(self, cores: int) -> float:
-        return max(self.copy_s, self.parse_cpu / cores)
+        return floor_of(self.copy_s, self.parse_cpu, cores)
+
+
+def floor_of(copy_s: float, parse_cpu: float, cores: int) -> float:
+    """The issue's floor: the larger of the COPY and the parsing's CPU spread over the cores."""
+    return max(copy_s, parse_cpu / cores)
 
 
 async def sql_floor(app_url: str, admin_url: str, owner: str, other_token: str) -> tuple[float, float | None]:
     """Seconds the import's own writes take with the numbers already parsed: the rows `owner` has
-    (what the import accepted), shuffled as the file's are, cut into batches of the import's sizes
-    (counted in accepted rows) and written by `whatsched.imports.writer` as the second user (the
-    token's) in one transaction as that user (RLS, the same statements), rolled back; wall time
-    and the server process's CPU time. Then VACUUM."""
+    (what the import accepted), shuffled as the file's are, cut as the import cuts its rows
+    (`batch_bounds`, here counted in accepted rows) and written by `whatsched.imports.writer` as the
+    second user (the token's) in one transaction as that user (RLS, the same statements), rolled
+    back; wall time and the server process's CPU time. Then VACUUM."""
     admin = await asyncpg.connect(admin_url)
     pool = await create_pool(app_url, min_size=1, max_size=1)
     try:
@@ -411,21 +415,20 @@ async def sql_floor(app_url: str, admin_url: str, owner: str, other_token: str) 
             "select phone, name, email from public.contacts where created_by = $1::uuid order by random()", owner
         )
         records = [(r["phone"], r["name"], r["email"]) for r in rows]
-        cuts = [0, FIRST_BATCH_ROWS, *range(BATCH_ROWS, len(records), BATCH_ROWS), len(records)]
-        batches = [Batch(b - a, records[a:b], [], 0) for a, b in itertools.pairwise(sorted(set(cuts))) if b > a]
+        batches = [Batch(end - start, records[start:end], [], 0) for start, end in batch_bounds(len(records))]
         claims = jwt.decode(other_token, options={"verify_signature": False})
         written = writer.Written()
-        try:
-            async with user_tx(pool, claims) as conn:
+        async with pool.acquire() as conn:
+            await conn.execute(user_begin(claims))
+            try:
                 pid = await conn.fetchval("select pg_backend_pid()")
                 await writer.prepare(conn)
                 cpu, began = backend_cpu(pid), time.perf_counter()
                 for batch in batches:
                     await writer.write_batch(conn, batch, [], "skip", written)
                 wall, cpu_after = time.perf_counter() - began, backend_cpu(pid)
-                raise _RolledBack
-        except _RolledBack:
-            pass
+            finally:
+                await conn.execute("rollback")
         if written.created != len(records):
             raise SystemExit(f"the SQL floor wrote {written.created} of {len(records)} rows")
         await admin.execute("vacuum public.contacts")
@@ -433,10 +436,6 @@ async def sql_floor(app_url: str, admin_url: str, owner: str, other_token: str) 
     finally:
         await pool.close()
         await admin.close()
-
-
-class _RolledBack(Exception):
-    pass
 
 
 async def empty_book(admin_url: str, owner: str) -> None:
@@ -533,7 +532,7 @@ def measure(
                 copy_s, copy_cpu = asyncio.run(copy_floor(users.admin_url, users.owner, users.other, {"floor": []}))[
                     "floor"
                 ][0]
-                floor = max(copy_s, cpu / cores)
+                floor = floor_of(copy_s, cpu, cores)
                 server_cpu = f" ({copy_cpu:.2f} CPU-s in the server)" if copy_cpu is not None else ""
                 print(
                     f"  floor             COPY of the {expected['created']:,} accepted rows into contacts {copy_s:.2f} s"

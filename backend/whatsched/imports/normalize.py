@@ -82,6 +82,14 @@ class Timings:
     started: float = field(default_factory=time.perf_counter)
 
 
+def batch_bounds(
+    total: int, batch_rows: int = BATCH_ROWS, first_batch_rows: int = FIRST_BATCH_ROWS
+) -> list[tuple[int, int]]:
+    """[start, end) of each batch of `total` rows: a small first batch, then batch_rows each."""
+    starts = [0, *range(min(first_batch_rows, batch_rows), total, batch_rows)] if total else []
+    return list(zip(starts, [*starts[1:], total], strict=True))
+
+
 def _take(values: list[str | None], codes: Any) -> list[str | None]:
     """`values[code]` for each code, as a list."""
     import numpy as np
@@ -115,8 +123,7 @@ class Validator:
         codes, uniques = pd.factorize(table.frame[plan.phone], sort=False)
         self.codes = codes
         self.distinct = [str(v) for v in uniques]
-        starts = [0, *range(min(first_batch_rows, batch_rows), self.total, batch_rows)] if self.total else []
-        self.bounds = list(zip(starts, [*starts[1:], self.total], strict=True))
+        self.bounds = batch_bounds(self.total, batch_rows, first_batch_rows)
         highs = np.maximum.accumulate(codes) + 1 if self.total else np.zeros(0, dtype=np.int64)
         # Batch k needs the distinct strings [edges[k], edges[k + 1]): those first seen in it.
         self.edges = [0] + [int(highs[end - 1]) for _, end in self.bounds]
